@@ -1,0 +1,63 @@
+"""The exceptions syncd raises, and what each one means for a pass.
+
+Retry policy and the command line classify errors by *type*, never by message
+text::
+
+    SyncdError                  anything syncd raises on purpose
+    ├── ConfigError             the configuration is wrong; fix it and rerun
+    ├── DatabaseUnavailable     the database cannot be reached or is not migrated
+    └── SourceError             a vendor call failed; the pass fails, nothing of
+        │                       the page in hand is committed
+        ├── TransientError      worth retrying with backoff: 5xx, timeouts,
+        │   │                   dropped connections, a body that is not JSON
+        │   └── RateLimited     429; carries the wait the server asked for
+        ├── AuthError           401/403: wrong, expired or revoked credentials
+        └── RequestRejected     any other 4xx: retrying would not help
+            └── ContinuationRejected   a paging token the server no longer
+                                       accepts; the pass restarts from its cursor
+
+Malformed records are not exceptions of the pass: a connector turns each one
+into a ``RejectedRecord`` and the pass goes on.
+"""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Base class for every error syncd raises on purpose."""
+
+
+class ConfigError(SyncdError):
+    """The configuration is invalid. The message names the key and the fix."""
+
+
+class DatabaseUnavailable(SyncdError):
+    """The database cannot be reached, or its schema is not current."""
+
+
+class SourceError(SyncdError):
+    """A call to a vendor API failed."""
+
+
+class TransientError(SourceError):
+    """A failure that may well succeed if retried later."""
+
+
+class RateLimited(TransientError):
+    """The vendor answered 429. ``retry_after`` is its wait hint in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(SourceError):
+    """The vendor refused the credentials (401/403)."""
+
+
+class RequestRejected(SourceError):
+    """The vendor rejected the request (4xx other than 401/403/429)."""
+
+
+class ContinuationRejected(RequestRejected):
+    """A continuation/paging token expired or was refused."""

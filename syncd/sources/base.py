@@ -1,0 +1,82 @@
+"""The contract between the sync engine and a vendor connector.
+
+A connector is one module in ``syncd.sources`` named after its ``kind`` that
+exposes ``SOURCE``: a class implementing :class:`Source`. The engine finds it
+by that name, so adding a vendor touches nothing outside its module.
+
+A connector receives an ``httpx.Client`` (its transport, timeouts and base URL
+are the caller's business), its :class:`~syncd.config.SourceConfig` and a
+:class:`SourceContext`; it never opens a database connection itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from syncd.records import EventRecord, RejectedRecord
+
+if TYPE_CHECKING:
+    import httpx
+
+    from syncd.config import SourceConfig
+
+Cursor = Mapping[str, Any]
+"""A connector's position, stored as JSON in ``sync_state.cursor``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    """One row of ``event_codes``: the reference data BI tools also read."""
+
+    label: str
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one fetch produced, and where the source stands once it is stored.
+
+    The engine commits ``records``, ``rejected`` and ``cursor`` in one
+    transaction: a crash before the commit replays the page, after it resumes
+    behind it.
+    """
+
+    records: list[EventRecord]
+    rejected: list[RejectedRecord]
+    cursor: dict[str, Any]
+
+
+@dataclass
+class SourceContext:
+    """What the engine lends a connector for one pass.
+
+    ``codes`` maps the vendor's event codes to labels and categories (from the
+    ``event_codes`` table). ``count_local`` counts this source's stored events
+    with ``since <= occurred_at < until`` (``until`` None: no upper bound), for
+    reconciliation against a vendor's totals. ``refresh_token`` is the
+    persisted (possibly rotated) OAuth refresh token, and
+    ``save_refresh_token`` commits a new one at once, before it is used.
+    """
+
+    codes: Mapping[int, CodeInfo] = field(default_factory=dict)
+    count_local: Callable[[datetime, datetime | None], int] | None = None
+    refresh_token: str | None = None
+    save_refresh_token: Callable[[str], None] | None = None
+
+
+class Source(Protocol):
+    """One configured vendor account."""
+
+    def __init__(self, config: SourceConfig, client: httpx.Client, context: SourceContext) -> None:
+        ...
+
+    def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
+        """Yield the pages of one incremental pass starting at ``cursor``.
+
+        ``now`` is the pass's start time; the connector never reads the clock
+        itself for cursor arithmetic. An empty ``cursor`` means a first pass.
+        """
+        ...
