@@ -7,7 +7,7 @@ writes them without knowing which vendor they came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 CATEGORIES = (
@@ -50,7 +50,46 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class RejectedRecord:
-    """A record a connector could not normalize, kept with the reason."""
+    """A record a connector could not normalize, kept with the reason.
+
+    ``occurred_at`` is its time when that much could be read, so the record
+    still counts where vendor and local counts are compared.
+    """
 
     reason: str
     raw: Any
+    occurred_at: datetime | None = None
+
+
+class MalformedRecord(ValueError):
+    """A vendor record that cannot be normalized; the message is the reason."""
+
+
+def parse_time(value: Any, field: str) -> datetime:
+    """An ISO 8601 timestamp as an aware UTC datetime (naive means UTC)."""
+    if not isinstance(value, str) or not value:
+        raise MalformedRecord(f"{field} missing or not a string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise MalformedRecord(f"{field} is not an ISO 8601 time: {value[:40]!r}") from exc
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def optional_text(value: Any, field: str) -> str | None:
+    """A text column from a string or integer id; anything else is malformed."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise MalformedRecord(f"{field} has the wrong type ({type(value).__name__})")
+
+
+def required_int(value: Any, field: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise MalformedRecord(f"{field} missing or not an integer")

@@ -1,0 +1,50 @@
+"""Alembic environment: runs against the connection syncd hands it, or a URL.
+
+``syncd migrate`` passes an open connection in ``config.attributes``; a bare
+``alembic upgrade head`` reads ``SYNCD_DATABASE_URL`` (then the syncd
+configuration, then the embedded SQLite default).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context
+
+from syncd.db.schema import metadata
+
+config = context.config
+
+
+def _database_url() -> str:
+    from syncd.config import load_settings
+
+    return load_settings().database_url
+
+
+def _run(connection: sa.Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        # SQLite can only ALTER through table copies; batch mode does that.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = sa.create_engine(_database_url(), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        _run(conn)
+        conn.commit()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("syncd migrations run online only: use `syncd migrate`")
+run_migrations_online()

@@ -1,0 +1,49 @@
+"""Run Alembic migrations from inside syncd (``syncd migrate``, ``syncd sync``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from syncd.db.engine import check_connection
+
+
+def alembic_config() -> Config:
+    """An Alembic config pointing at the migrations shipped in the package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("syncd.migrations")))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def is_current(engine: sa.Engine) -> bool:
+    return current_revision(engine) == head_revision()
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` in one transaction."""
+    check_connection(engine)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)

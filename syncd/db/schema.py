@@ -1,0 +1,122 @@
+"""SQLAlchemy Core tables: the ``events`` schema is a public interface (BI tools).
+
+The migrations in ``migrations/versions`` are the only source of schema truth;
+these ``Table`` objects mirror them for queries, and ``alembic check`` (run in
+CI) proves the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """``timestamptz`` on PostgreSQL; on SQLite, UTC text read back as aware UTC.
+
+    SQLite has no time zones, so everything is stored converted to UTC and
+    every value read is marked UTC again: callers only ever see aware times.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONDocument: sa.types.TypeEngine[Any] = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BigIntId: sa.types.TypeEngine[int] = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigIntId, sa.Identity(), primary_key=True),
+    sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("event_key", sa.Text(), nullable=False),
+    sa.Column("vendor", sa.Text(), nullable=False),
+    sa.Column("occurred_at", UTCDateTime(), nullable=False),
+    sa.Column("event_code", sa.Integer(), nullable=False),
+    sa.Column("category", sa.Text(), nullable=False),
+    sa.Column("label", sa.Text()),
+    sa.Column("door_id", sa.Text()),
+    sa.Column("door_name", sa.Text()),
+    sa.Column("person_id", sa.Text()),
+    sa.Column("person_name", sa.Text()),
+    sa.Column("credential", sa.Text()),
+    sa.Column("system_id", sa.Text()),
+    sa.Column("sequence_id", sa.BigInteger()),
+    sa.Column("source_updated_at", UTCDateTime()),
+    sa.Column("payload", JSONDocument, nullable=False),
+    sa.Column("first_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("source", "event_key"),
+    sa.Index("ix_events_occurred_at", "occurred_at"),
+    sa.Index("ix_events_source_occurred_at", "source", "occurred_at"),
+    sa.Index("ix_events_person_id_occurred_at", "person_id", "occurred_at"),
+    sa.Index("ix_events_door_id_occurred_at", "door_id", "occurred_at"),
+)
+
+sync_state = sa.Table(
+    "sync_state",
+    metadata,
+    sa.Column("source", sa.Text(), primary_key=True),
+    sa.Column("cursor", JSONDocument, nullable=False),
+    sa.Column("last_success_at", UTCDateTime()),
+    sa.Column("last_error", sa.Text()),
+    sa.Column("last_error_at", UTCDateTime()),
+    sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("refresh_token", sa.Text()),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("id", BigIntId, sa.Identity(), primary_key=True),
+    sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("rejected_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("occurred_at", UTCDateTime()),
+    sa.Column("raw", JSONDocument, nullable=False),
+    sa.Column("raw_sha256", sa.Text(), nullable=False),
+    sa.UniqueConstraint("source", "raw_sha256"),
+    sa.Index("ix_rejected_events_source_rejected_at", "source", "rejected_at"),
+    sa.Index("ix_rejected_events_source_occurred_at", "source", "occurred_at"),
+)
+
+event_codes = sa.Table(
+    "event_codes",
+    metadata,
+    sa.Column("vendor", sa.Text(), primary_key=True),
+    sa.Column("code", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("label", sa.Text(), nullable=False),
+    sa.Column("category", sa.Text(), nullable=False),
+    sa.Column("note", sa.Text()),
+)

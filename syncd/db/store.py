@@ -1,0 +1,509 @@
+"""The idempotent event store: pages in, one transaction each.
+
+Everything a pass writes goes through :meth:`Store.write_page`: the page's
+events, its rejected records and the cursor that follows them commit together
+or not at all. Replaying a page is harmless: events are upserted on
+(``source``, ``event_key``); a row is rewritten only when its content changed
+and the incoming version is not older (``source_updated_at``); rejected
+records are keyed by a hash of their raw form.
+
+PostgreSQL path: ``COPY`` the page into a temporary staging table, then one
+``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE changed``. That is one
+round trip for the data and one statement for the merge, and the server
+decides insert/update/skip per row. ``bench/store.py`` compares it with
+``executemany`` in the same run. SQLite path: ``executemany`` of the same
+upsert, which is what SQLite is fastest at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import sqlalchemy as sa
+
+from syncd.db.schema import event_codes, events, rejected_events, sync_state
+from syncd.records import EventRecord, RejectedRecord
+from syncd.sources.base import CodeInfo
+
+# Columns a record fills, in COPY / executemany order.
+RECORD_COLUMNS = (
+    "source",
+    "event_key",
+    "vendor",
+    "occurred_at",
+    "event_code",
+    "category",
+    "label",
+    "door_id",
+    "door_name",
+    "person_id",
+    "person_name",
+    "credential",
+    "system_id",
+    "sequence_id",
+    "source_updated_at",
+    "payload",
+)
+_MUTABLE = [c for c in RECORD_COLUMNS if c not in ("source", "event_key")]
+_SET_CLAUSE = ", ".join(f"{c} = excluded.{c}" for c in _MUTABLE)
+# A row is rewritten only when something a reader can see changed, and never
+# by an older version of the event than the one stored.
+_CHANGED = (
+    "(events.payload, events.category, events.label) IS DISTINCT FROM "
+    "(excluded.payload, excluded.category, excluded.label)"
+)
+_CHANGED_SQLITE = (
+    "(events.payload IS NOT excluded.payload OR events.category IS NOT excluded.category "
+    "OR events.label IS NOT excluded.label)"
+)
+_NOT_OLDER = (
+    "(excluded.source_updated_at IS NULL OR events.source_updated_at IS NULL "
+    "OR excluded.source_updated_at >= events.source_updated_at)"
+)
+
+_PG_STAGE = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS syncd_stage (
+    source text, event_key text, vendor text, occurred_at timestamptz, event_code integer,
+    category text, label text, door_id text, door_name text, person_id text, person_name text,
+    credential text, system_id text, sequence_id bigint, source_updated_at timestamptz,
+    payload jsonb
+) ON COMMIT DELETE ROWS
+"""
+_COLS = ", ".join(RECORD_COLUMNS)
+_PG_MERGE = f"""
+WITH merged AS (
+    INSERT INTO events ({_COLS}, first_seen_at, last_seen_at)
+    SELECT {_COLS}, %(now)s, %(now)s FROM syncd_stage
+    ON CONFLICT (source, event_key) DO UPDATE
+        SET {_SET_CLAUSE}, last_seen_at = excluded.last_seen_at
+        WHERE {_CHANGED} AND {_NOT_OLDER}
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+"""
+_UPSERT_VALUES = ", ".join(["?"] * len(RECORD_COLUMNS))
+_SQLITE_UPSERT = f"""
+INSERT INTO events ({_COLS}, first_seen_at, last_seen_at)
+VALUES ({_UPSERT_VALUES}, ?, ?)
+ON CONFLICT (source, event_key) DO UPDATE
+    SET {_SET_CLAUSE}, last_seen_at = excluded.last_seen_at
+    WHERE {_CHANGED_SQLITE} AND {_NOT_OLDER}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.rejected + other.rejected,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """A source's row of ``sync_state`` (defaults when it has none yet)."""
+
+    source: str
+    cursor: dict[str, Any]
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    consecutive_failures: int = 0
+    refresh_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    rows: int
+    newest_occurred_at: datetime | None
+    rejected: int
+
+
+def dedupe_newest(records: Iterable[EventRecord]) -> list[EventRecord]:
+    """One record per ``event_key``: the newest by ``source_updated_at``, else the last.
+
+    A page can hold one event twice (page-number paging over a list that
+    shifted); the database must see each key once per statement.
+    """
+    chosen: dict[str, EventRecord] = {}
+    for record in records:
+        held = chosen.get(record.event_key)
+        if held is None or not _is_older(record, held):
+            chosen[record.event_key] = record
+    return list(chosen.values())
+
+
+def _is_older(candidate: EventRecord, held: EventRecord) -> bool:
+    if candidate.source_updated_at is None or held.source_updated_at is None:
+        return False
+    return candidate.source_updated_at < held.source_updated_at
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    # Same text form SQLAlchemy's SQLite DateTime writes, so Core reads it back.
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _raw_json(raw: Any) -> bytes:
+    try:
+        return orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return orjson.dumps(repr(raw))
+
+
+class Store:
+    """All of syncd's reads and writes of its own tables."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._local_locks: dict[str, threading.Lock] = {}
+        self._local_locks_guard = threading.Lock()
+
+    # -- writing ---------------------------------------------------------------
+
+    def write_page(
+        self,
+        source: str,
+        records: Sequence[EventRecord],
+        rejected: Sequence[RejectedRecord],
+        cursor: Mapping[str, Any] | None,
+        now: datetime,
+    ) -> WriteResult:
+        """Store one page and the cursor after it in one transaction.
+
+        ``cursor`` None leaves the stored cursor as it is.
+        """
+        unique = dedupe_newest(records)
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                inserted, updated = self._merge_postgres(conn, source, unique, now)
+            else:
+                inserted, updated = self._merge_sqlite(conn, source, unique, now)
+            self._write_rejected(conn, source, rejected, now)
+            if cursor is not None:
+                self._save_cursor(conn, source, dict(cursor), now)
+        return WriteResult(
+            inserted=inserted,
+            updated=updated,
+            unchanged=len(records) - inserted - updated,
+            rejected=len(rejected),
+        )
+
+    def _merge_postgres(
+        self, conn: sa.Connection, source: str, records: Sequence[EventRecord], now: datetime
+    ) -> tuple[int, int]:
+        if not records:
+            return 0, 0
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            return self._copy_and_merge(raw, source, records, now)
+        except psycopg.Error as exc:
+            # Same exception family as every other statement (SQLAlchemy's).
+            raise sa.exc.DBAPIError.instance(_PG_MERGE, None, exc, psycopg.Error) from exc
+
+    @staticmethod
+    def _copy_and_merge(
+        raw: psycopg.Connection[Any], source: str, records: Sequence[EventRecord], now: datetime
+    ) -> tuple[int, int]:
+        with raw.cursor() as cur:
+            cur.execute(_PG_STAGE)
+            with cur.copy(f"COPY syncd_stage ({_COLS}) FROM STDIN") as copy:
+                for r in records:
+                    copy.write_row(
+                        (
+                            source, r.event_key, r.vendor, r.occurred_at, r.event_code,
+                            r.category, r.label, r.door_id, r.door_name, r.person_id,
+                            r.person_name, r.credential, r.system_id, r.sequence_id,
+                            r.source_updated_at, r.payload.decode(),
+                        )
+                    )  # fmt: skip
+            cur.execute(_PG_MERGE, {"now": now})
+            row = cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def _merge_sqlite(
+        self, conn: sa.Connection, source: str, records: Sequence[EventRecord], now: datetime
+    ) -> tuple[int, int]:
+        if not records:
+            return 0, 0
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        existing = self._existing_keys(conn, source, [r.event_key for r in records])
+        before = raw.total_changes
+        stamp = _sqlite_time(now)
+        conn.exec_driver_sql(
+            _SQLITE_UPSERT,
+            [
+                (
+                    source, r.event_key, r.vendor, _sqlite_time(r.occurred_at), r.event_code,
+                    r.category, r.label, r.door_id, r.door_name, r.person_id, r.person_name,
+                    r.credential, r.system_id, r.sequence_id, _sqlite_time(r.source_updated_at),
+                    r.payload.decode(), stamp, stamp,
+                )
+                for r in records
+            ],
+        )  # fmt: skip
+        written = raw.total_changes - before
+        inserted = len(records) - existing
+        return inserted, written - inserted
+
+    @staticmethod
+    def _existing_keys(conn: sa.Connection, source: str, keys: Sequence[str]) -> int:
+        found = 0
+        for start in range(0, len(keys), 500):  # stay under SQLite's variable limit
+            chunk = keys[start : start + 500]
+            query = sa.select(sa.func.count()).where(
+                events.c.source == source, events.c.event_key.in_(chunk)
+            )
+            found += int(conn.execute(query).scalar_one())
+        return found
+
+    def _write_rejected(
+        self,
+        conn: sa.Connection,
+        source: str,
+        rejected: Sequence[RejectedRecord],
+        now: datetime,
+    ) -> None:
+        if not rejected:
+            return
+        rows = {}
+        for item in rejected:
+            raw = _raw_json(item.raw)
+            digest = hashlib.sha256(raw).hexdigest()
+            rows[digest] = {
+                "source": source,
+                "rejected_at": now,
+                "last_seen_at": now,
+                "reason": item.reason,
+                "occurred_at": item.occurred_at,
+                "raw": orjson.loads(raw),
+                "raw_sha256": digest,
+            }
+        insert = self._insert(rejected_events)
+        statement = insert.on_conflict_do_update(
+            index_elements=["source", "raw_sha256"],
+            set_={"last_seen_at": insert.excluded.last_seen_at},
+        )
+        conn.execute(statement, list(rows.values()))
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    def _save_cursor(
+        self, conn: sa.Connection, source: str, cursor: dict[str, Any], now: datetime
+    ) -> None:
+        insert = self._insert(sync_state).values(source=source, cursor=cursor, updated_at=now)
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["source"],
+                set_={"cursor": insert.excluded.cursor, "updated_at": insert.excluded.updated_at},
+            )
+        )
+
+    def _update_state(self, source: str, now: datetime, **values: Any) -> None:
+        insert = self._insert(sync_state).values(source=source, cursor={}, updated_at=now, **values)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["source"], set_={"updated_at": now, **values}
+                )
+            )
+
+    def save_refresh_token(self, source: str, token: str, now: datetime) -> None:
+        """Persist a rotated OAuth refresh token at once, in its own transaction."""
+        self._update_state(source, now, refresh_token=token)
+
+    def record_success(self, source: str, now: datetime) -> None:
+        self._update_state(source, now, last_success_at=now, consecutive_failures=0)
+
+    def record_failure(self, source: str, error: str, now: datetime) -> None:
+        insert = self._insert(sync_state).values(
+            source=source,
+            cursor={},
+            updated_at=now,
+            last_error=error,
+            last_error_at=now,
+            consecutive_failures=1,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["source"],
+                    set_={
+                        "updated_at": now,
+                        "last_error": error,
+                        "last_error_at": now,
+                        "consecutive_failures": sync_state.c.consecutive_failures + 1,
+                    },
+                )
+            )
+
+    # -- reading ---------------------------------------------------------------
+
+    def load_state(self, source: str) -> SourceState:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(sync_state).where(sync_state.c.source == source)).first()
+        if row is None:
+            return SourceState(source=source, cursor={})
+        return SourceState(
+            source=source,
+            cursor=dict(row.cursor or {}),
+            last_success_at=row.last_success_at,
+            last_error=row.last_error,
+            last_error_at=row.last_error_at,
+            consecutive_failures=row.consecutive_failures,
+            refresh_token=row.refresh_token,
+        )
+
+    def load_codes(self, vendor: str) -> dict[int, CodeInfo]:
+        query = sa.select(event_codes.c.code, event_codes.c.label, event_codes.c.category).where(
+            event_codes.c.vendor == vendor
+        )
+        with self.engine.connect() as conn:
+            return {code: CodeInfo(label, category) for code, label, category in conn.execute(query)}
+
+    def count_events(self, source: str, since: datetime, until: datetime | None = None) -> int:
+        """Stored events plus rejected records of ``source`` in ``[since, until)``.
+
+        Rejected records count too: the vendor's totals include them.
+        """
+        total = 0
+        with self.engine.connect() as conn:
+            for table in (events, rejected_events):
+                query = sa.select(sa.func.count()).where(
+                    table.c.source == source, table.c.occurred_at >= since
+                )
+                if until is not None:
+                    query = query.where(table.c.occurred_at < until)
+                total += int(conn.execute(query).scalar_one())
+        return total
+
+    def source_stats(self) -> dict[str, SourceStats]:
+        """Row count, newest event and rejected count per source, in two scans."""
+        stats: dict[str, SourceStats] = {}
+        with self.engine.connect() as conn:
+            rejected: dict[str, int] = dict(
+                conn.execute(
+                    sa.select(rejected_events.c.source, sa.func.count()).group_by(
+                        rejected_events.c.source
+                    )
+                ).all()
+            )
+            rows = conn.execute(
+                sa.select(
+                    events.c.source, sa.func.count(), sa.func.max(events.c.occurred_at)
+                ).group_by(events.c.source)
+            )
+            for source, count, newest in rows:
+                if isinstance(newest, str):  # SQLite aggregates lose the column type
+                    newest = datetime.fromisoformat(newest).replace(tzinfo=UTC)
+                stats[source] = SourceStats(int(count), newest, int(rejected.get(source, 0)))
+            for source, count in rejected.items():
+                stats.setdefault(source, SourceStats(0, None, int(count)))
+        return stats
+
+    def all_states(self) -> dict[str, SourceState]:
+        with self.engine.connect() as conn:
+            names = [row[0] for row in conn.execute(sa.select(sync_state.c.source))]
+        return {name: self.load_state(name) for name in names}
+
+    # -- locking ---------------------------------------------------------------
+
+    @contextmanager
+    def source_lock(self, source: str) -> Iterator[bool]:
+        """Hold the source's lock for the block; yields False if another holds it.
+
+        PostgreSQL: a session advisory lock on a connection kept for the pass,
+        released by the server if the process dies. SQLite: ``flock`` on a file
+        beside the database (released by the kernel on death), plus a
+        thread lock for in-memory databases.
+        """
+        if self.dialect == "postgresql":
+            with self._advisory_lock(source) as acquired:
+                yield acquired
+        else:
+            with self._file_lock(source) as acquired:
+                yield acquired
+
+    @contextmanager
+    def _advisory_lock(self, source: str) -> Iterator[bool]:
+        key = lock_key(source)
+        with self.engine.connect() as conn:
+            acquired = bool(
+                conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            )
+            conn.commit()
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+
+    @contextmanager
+    def _file_lock(self, source: str) -> Iterator[bool]:
+        with self._local_locks_guard:
+            local = self._local_locks.setdefault(source, threading.Lock())
+        if not local.acquire(blocking=False):
+            yield False
+            return
+        try:
+            path = self._lock_path(source)
+            if path is None:
+                yield True
+                return
+            import fcntl
+
+            with path.open("a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            local.release()
+
+    def _lock_path(self, source: str) -> Path | None:
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return None
+        return Path(f"{database}.{source}.lock")
+
+
+def lock_key(source: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a source name."""
+    digest = hashlib.sha256(f"syncd:source:{source}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
