@@ -1,0 +1,742 @@
+"""TOML + environment -> validated, immutable settings.
+
+Resolution (contract, see DESIGN.md "Configuration" and "Command line"):
+
+- config file: the ``config_path`` argument, else ``$SYNCD_CONFIG``, else
+  ``./syncd.toml`` when present, else none at all (zero sources is valid:
+  ``syncd demo`` and ``syncd migrate`` need no configuration). A file named
+  explicitly (argument or environment) that does not exist is an error.
+- database URL: the ``database_url`` argument, else ``$SYNCD_DATABASE_URL``,
+  else the file's ``database_url``, else :data:`DEFAULT_DATABASE_URL`; always
+  passed through :func:`normalize_database_url`.
+
+Secrets never live in the file: each one is named by ``<key>_env`` (an
+environment variable) or ``<key>_file`` (a file, e.g. a Docker/Kubernetes
+secret; trailing whitespace is stripped; a relative path is relative to the
+config file's directory). They are wrapped in :class:`Secret`, whose repr and
+str never show the value.
+
+Every problem raises one :class:`~syncd.errors.ConfigError` whose message is a
+single line naming the key (``sources[hq].interval``, or ``sources[0].name``
+by index when the source has no usable name) and what to do about it. Messages
+never contain a secret value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import pkgutil
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from syncd.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DaemonConfig",
+    "OAuthCredentials",
+    "Secret",
+    "Settings",
+    "SourceConfig",
+    "known_kinds",
+    "load_settings",
+    "normalize_database_url",
+]
+
+DEFAULT_DATABASE_URL = "sqlite:///syncd.db"
+DEFAULT_CONFIG_NAME = "syncd.toml"
+
+ENV_CONFIG = "SYNCD_CONFIG"
+ENV_DATABASE_URL = "SYNCD_DATABASE_URL"
+
+_NAME_RE = re.compile(r"[a-z0-9_-]+")
+_KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret string that never shows itself in a repr, str, log line or traceback."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The secret itself: call this only where it is sent to the vendor."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class OAuthCredentials:
+    """A DoorFlow OAuth application plus the (initial) refresh token."""
+
+    client_id: Secret
+    client_secret: Secret
+    refresh_token: Secret
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One ``[[sources]]`` table, validated."""
+
+    name: str
+    kind: str
+    base_url: str
+    token: Secret | None = None
+    api_key: Secret | None = None
+    oauth: OAuthCredentials | None = None
+    start: datetime | None = None
+    interval: float = 60.0
+    lookback: float = 900.0
+    page_size: int = 1000
+    systems: tuple[str, ...] = ()
+    include_access_granted: bool | None = None
+    include_access_denied: bool | None = None
+    webhook_secret: Secret | None = None
+    timeout: float = 30.0
+    max_retries: int = 5
+    max_retry_wait: float = 60.0
+    reconcile_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """``[daemon]``: where ``syncd run`` serves HTTP."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs, resolved from arguments, environment and file."""
+
+    database_url: str
+    daemon: DaemonConfig
+    sources: tuple[SourceConfig, ...]
+    config_path: Path | None
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called ``name``, or a ConfigError listing the configured ones."""
+        for src in self.sources:
+            if src.name == name:
+                return src
+        configured = ", ".join(s.name for s in self.sources) or "none"
+        hint = _did_you_mean(name, (s.name for s in self.sources))
+        raise ConfigError(f"unknown source {name!r} (configured: {configured}){hint}")
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def known_kinds() -> frozenset[str]:
+    """The vendor kinds installed as modules of ``syncd.sources``.
+
+    A kind is a public module ``syncd.sources.<kind>`` (not ``base``, not
+    ``_private``) that exposes ``SOURCE``; helper modules of the package
+    (shared HTTP, auth, code tables) have no ``SOURCE`` and are not kinds.
+    Checking ``SOURCE`` imports the candidate modules, which the engine
+    imports anyway; an import error in one is a bug and propagates. Tests
+    monkeypatch this function.
+    """
+    import importlib
+
+    import syncd.sources as sources_pkg
+
+    kinds = set()
+    for info in pkgutil.iter_modules(sources_pkg.__path__):
+        if info.name == "base" or info.name.startswith("_") or not _KIND_RE.fullmatch(info.name):
+            continue
+        module = importlib.import_module(f"{sources_pkg.__name__}.{info.name}")
+        if hasattr(module, "SOURCE"):
+            kinds.add(info.name)
+    return frozenset(kinds)
+
+
+# --------------------------------------------------------------------------- schema
+
+# Secrets: each can come from ``<key>_env`` or ``<key>_file``, never a literal.
+_SECRET_KEYS = (
+    "token",
+    "api_key",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "webhook_secret",
+)
+_OAUTH_PARTS = ("client_id", "client_secret", "refresh_token")
+
+_SOURCE_PLAIN_KEYS = (
+    "name",
+    "kind",
+    "base_url",
+    "start",
+    "interval",
+    "lookback",
+    "page_size",
+    "systems",
+    "include_access_granted",
+    "include_access_denied",
+    "timeout",
+    "max_retries",
+    "max_retry_wait",
+    "reconcile_days",
+)
+_SOURCE_KEYS = frozenset(
+    _SOURCE_PLAIN_KEYS + tuple(f"{k}_{how}" for k in _SECRET_KEYS for how in ("env", "file"))
+)
+_TOP_KEYS = frozenset({"database_url", "daemon", "sources"})
+_DAEMON_KEYS = frozenset({"listen"})
+
+# Which credentials each vendor accepts. A kind not listed here (a vendor being
+# added) is not checked: its connector reports what it lacks.
+_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "doorflow": ("token", "api_key", "oauth"),
+    "intserv": ("api_key", "token"),
+}
+_CREDENTIAL_HINT = {
+    "token": "token_env/token_file (bearer token)",
+    "api_key": "api_key_env/api_key_file",
+    "oauth": "client_id_env + client_secret_env + refresh_token_env (OAuth; or their _file forms)",
+}
+
+
+# --------------------------------------------------------------------------- public
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    database_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve and validate the settings; raise ConfigError on any problem."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    base_dir = Path.cwd() if cwd is None else Path(cwd)
+
+    path = _resolve_config_path(config_path, env, base_dir)
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+
+    _check_keys(data, _TOP_KEYS, "")
+    file_url = data.get("database_url")
+    if file_url is not None and not isinstance(file_url, str):
+        raise ConfigError(
+            f"database_url must be a string such as {DEFAULT_DATABASE_URL!r}, "
+            f"got {_type_name(file_url)}"
+        )
+
+    if database_url is not None:
+        url, origin = database_url, "--database-url"
+    elif env.get(ENV_DATABASE_URL):
+        url, origin = env[ENV_DATABASE_URL], ENV_DATABASE_URL
+    elif file_url is not None:
+        url, origin = file_url, "database_url"
+    else:
+        url, origin = DEFAULT_DATABASE_URL, "database_url"
+
+    secret_dir = path.parent if path is not None else base_dir
+    return Settings(
+        database_url=_normalize_database_url(url, origin),
+        daemon=_parse_daemon(data.get("daemon")),
+        sources=_parse_sources(data.get("sources"), env, secret_dir),
+        config_path=path,
+    )
+
+
+def normalize_database_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` -> ``postgresql+psycopg://``; validate the URL.
+
+    Other schemes pass unchanged. Raises ConfigError when the URL does not
+    parse or names a database SQLAlchemy has no dialect for.
+    """
+    return _normalize_database_url(url, "database_url")
+
+
+# --------------------------------------------------------------------------- file
+
+
+def _resolve_config_path(
+    config_path: str | Path | None, env: Mapping[str, str], base_dir: Path
+) -> Path | None:
+    if config_path is not None and str(config_path) != "":
+        explicit, origin = Path(config_path), "--config"
+    elif env.get(ENV_CONFIG):
+        explicit, origin = Path(env[ENV_CONFIG]), ENV_CONFIG
+    else:
+        default = base_dir / DEFAULT_CONFIG_NAME
+        return default if default.is_file() else None
+
+    path = explicit.expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} (from {origin}) does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} (from {origin}) is not a file")
+    return path
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8 (TOML files must be UTF-8)") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line L, column C)" and never the content.
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+# --------------------------------------------------------------------------- database
+
+
+def _normalize_database_url(url: str, origin: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{origin} is empty: give a URL such as {DEFAULT_DATABASE_URL!r}")
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("postgresql", "postgres"):
+        url = f"postgresql+psycopg://{rest}"
+    # The URL may carry a password: messages name the origin, never the URL.
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"{origin} is not a valid database URL: expected e.g. "
+            f"'postgresql://user@host:5432/db' or {DEFAULT_DATABASE_URL!r}"
+        ) from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"{origin}: unsupported database {parsed.drivername!r}: "
+            "use postgresql://... or sqlite:///..."
+        ) from None
+    return url
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def _parse_daemon(value: object) -> DaemonConfig:
+    if value is None:
+        return DaemonConfig()
+    if not isinstance(value, dict):
+        raise ConfigError(f"daemon must be a table ([daemon]), got {_type_name(value)}")
+    _check_keys(value, _DAEMON_KEYS, "daemon")
+    listen = value.get("listen")
+    if listen is None:
+        return DaemonConfig()
+    if not isinstance(listen, str):
+        raise ConfigError(
+            f'daemon.listen must be a string "host:port" such as "127.0.0.1:8080", '
+            f"got {_type_name(listen)}"
+        )
+    host, port = _parse_listen(listen)
+    return DaemonConfig(host=host, port=port)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    bad = ConfigError(
+        f'daemon.listen must be "host:port" such as "127.0.0.1:8080", '
+        f'"0.0.0.0:8080" or "[::1]:8080", got {listen!r}'
+    )
+    text = listen.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise bad
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise bad
+    if not host or any(c.isspace() for c in host) or not port_text.isdigit():
+        raise bad
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"daemon.listen port must be 0..65535, got {port}")
+    return host, port
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _parse_sources(
+    value: object, env: Mapping[str, str], secret_dir: Path
+) -> tuple[SourceConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(
+            "sources must be an array of tables: write each source as [[sources]], "
+            f"got {_type_name(value)}"
+        )
+    result: list[SourceConfig] = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(value):
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"sources[{index}] must be a table: write each source as [[sources]], "
+                f"got {_type_name(table)}"
+            )
+        src = _parse_source(index, table, env, secret_dir)
+        if src.name in seen:
+            raise ConfigError(
+                f"sources[{index}].name {src.name!r} is already used by sources[{seen[src.name]}]: "
+                "source names must be unique"
+            )
+        seen[src.name] = index
+        result.append(src)
+    return tuple(result)
+
+
+def _parse_source(
+    index: int, table: dict[str, Any], env: Mapping[str, str], secret_dir: Path
+) -> SourceConfig:
+    raw_name = table.get("name")
+    label = (
+        f"sources[{raw_name}]"
+        if isinstance(raw_name, str) and _NAME_RE.fullmatch(raw_name)
+        else f"sources[{index}]"
+    )
+
+    for key in table:
+        if key in _SECRET_KEYS:
+            raise ConfigError(
+                f"{label}.{key}: secrets are not read from the config file: "
+                f"set {key}_env (an environment variable) or {key}_file (a file) instead"
+            )
+    _check_keys(table, _SOURCE_KEYS, label)
+
+    name = _require_str(table, "name", label)
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{label}.name {name!r} is invalid: use only lowercase letters, digits, '_' and '-'"
+        )
+    kind = _parse_kind(table, label)
+    base_url = _parse_base_url(table, label)
+
+    p = _SourceFields(table, label)
+    interval = p.number("interval", 60.0, lambda v: v > 0, "a number of seconds > 0")
+    lookback = p.number("lookback", 900.0, lambda v: v >= 0, "a number of seconds >= 0")
+    page_size = p.integer("page_size", 1000, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000")
+    timeout = p.number("timeout", 30.0, lambda v: v > 0, "a number of seconds > 0")
+    max_retries = p.integer("max_retries", 5, lambda v: v >= 1, "an integer >= 1 (attempts)")
+    max_retry_wait = p.number("max_retry_wait", 60.0, lambda v: v >= 0, "a number of seconds >= 0")
+    reconcile_days = p.number("reconcile_days", 7.0, lambda v: v >= 0, "a number of days >= 0")
+    granted = p.boolean("include_access_granted")
+    denied = p.boolean("include_access_denied")
+    start = _parse_start(table.get("start"), label)
+    systems = _parse_systems(table.get("systems"), label)
+
+    secrets = _SecretReader(table, label, env, secret_dir)
+    present = {key for key in _SECRET_KEYS if secrets.configured(key)}
+    oauth_present = present & set(_OAUTH_PARTS)
+    if oauth_present and oauth_present != set(_OAUTH_PARTS):
+        missing = [k for k in _OAUTH_PARTS if k not in oauth_present]
+        raise ConfigError(
+            f"{label}: OAuth needs client_id, client_secret and refresh_token; "
+            f"missing {', '.join(f'{k}_env/{k}_file' for k in missing)}"
+        )
+    _check_credentials(kind, label, present, bool(oauth_present))
+
+    token = secrets.read("token")
+    api_key = secrets.read("api_key")
+    oauth: OAuthCredentials | None = None
+    if oauth_present:
+        oauth = OAuthCredentials(
+            client_id=secrets.require("client_id"),
+            client_secret=secrets.require("client_secret"),
+            refresh_token=secrets.require("refresh_token"),
+        )
+
+    return SourceConfig(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        token=token,
+        api_key=api_key,
+        oauth=oauth,
+        start=start,
+        interval=interval,
+        lookback=lookback,
+        page_size=page_size,
+        systems=systems,
+        include_access_granted=granted,
+        include_access_denied=denied,
+        webhook_secret=secrets.read("webhook_secret"),
+        timeout=timeout,
+        max_retries=max_retries,
+        max_retry_wait=max_retry_wait,
+        reconcile_days=reconcile_days,
+    )
+
+
+def _parse_kind(table: dict[str, Any], label: str) -> str:
+    kind = _require_str(table, "kind", label)
+    kinds = known_kinds()
+    # The regex keeps a kind from naming anything but a plain module name.
+    if _KIND_RE.fullmatch(kind) and kind in kinds:
+        return kind
+    listed = ", ".join(sorted(kinds)) or "none installed"
+    raise ConfigError(
+        f"{label}.kind {kind!r} is not a known vendor (known: {listed}){_did_you_mean(kind, kinds)}"
+    )
+
+
+def _parse_base_url(table: dict[str, Any], label: str) -> str:
+    url = _require_str(table, "base_url", label).strip()
+    what = f"{label}.base_url must be an http(s) URL with a host such as 'https://api.example.com'"
+    if any(c.isspace() for c in url):
+        raise ConfigError(f"{what}, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"{what}, got {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what}, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{label}.base_url must not have a query or fragment, got {url!r}")
+    if parts.username or parts.password:
+        # Userinfo would be a secret in the file; don't echo it.
+        raise ConfigError(
+            f"{label}.base_url must not contain credentials: use token_env/api_key_env instead"
+        )
+    return url.rstrip("/")
+
+
+def _parse_start(value: object, label: str) -> datetime | None:
+    key = f"{label}.start"
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, (date, time)):
+        raise ConfigError(
+            f"{key} must be a date and time with a timezone, such as '2024-01-01T00:00:00Z'"
+        )
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{key} must be an ISO 8601 date-time such as '2024-01-01T00:00:00Z', got {value!r}"
+            ) from None
+    else:
+        raise ConfigError(
+            f"{key} must be an ISO 8601 date-time string such as '2024-01-01T00:00:00Z', "
+            f"got {_type_name(value)}"
+        )
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ConfigError(
+            f"{key} has no timezone: add 'Z' for UTC or an offset such as '+01:00' "
+            f"(e.g. '2024-01-01T00:00:00Z')"
+        )
+    return parsed.astimezone(UTC)
+
+
+def _parse_systems(value: object, label: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(
+            f'{label}.systems must be a list of system ids (strings), such as ["abc123-001"]'
+        )
+    return tuple(v.strip() for v in value)
+
+
+def _check_credentials(kind: str, label: str, present: set[str], oauth: bool) -> None:
+    accepted = _CREDENTIALS.get(kind)
+    if accepted is None:
+        return
+    found = [k for k in ("token", "api_key") if k in present] + (["oauth"] if oauth else [])
+    unsupported = [k for k in found if k not in accepted]
+    if unsupported:
+        raise ConfigError(
+            f"{label}: {kind} does not accept {' or '.join(unsupported)} credentials: "
+            f"use one of: {'; '.join(_CREDENTIAL_HINT[k] for k in accepted)}"
+        )
+    if not found:
+        raise ConfigError(
+            f"{label}: no credentials for {kind}: set one of: "
+            + "; ".join(_CREDENTIAL_HINT[k] for k in accepted)
+        )
+    if len(found) > 1:
+        raise ConfigError(
+            f"{label}: several credentials configured ({', '.join(found)}): "
+            f"{kind} needs exactly one"
+        )
+
+
+class _SourceFields:
+    """Typed, range-checked reads of a source's scalar keys."""
+
+    def __init__(self, table: dict[str, Any], label: str) -> None:
+        self._table = table
+        self._label = label
+
+    def number(self, key: str, default: float, ok: Callable[[float], bool], what: str) -> float:
+        value = self._table.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self._label}.{key} must be {what}, got {_describe(value)}")
+        number = float(value)
+        if not math.isfinite(number) or not ok(number):
+            raise ConfigError(f"{self._label}.{key} must be {what}, got {value!r}")
+        return number
+
+    def integer(self, key: str, default: int, ok: Callable[[int], bool], what: str) -> int:
+        value = self._table.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self._label}.{key} must be {what}, got {_describe(value)}")
+        if not ok(value):
+            raise ConfigError(f"{self._label}.{key} must be {what}, got {value!r}")
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value = self._table.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        raise ConfigError(
+            f"{self._label}.{key} must be true or false (unquoted), got {_describe(value)}"
+        )
+
+
+class _SecretReader:
+    """Reads ``<key>_env`` / ``<key>_file``; messages name keys, variables and paths only."""
+
+    def __init__(
+        self, table: dict[str, Any], label: str, env: Mapping[str, str], base_dir: Path
+    ) -> None:
+        self._table = table
+        self._label = label
+        self._env = env
+        self._base_dir = base_dir
+
+    def configured(self, key: str) -> bool:
+        has_env = f"{key}_env" in self._table
+        has_file = f"{key}_file" in self._table
+        if has_env and has_file:
+            raise ConfigError(f"{self._label}: set either {key}_env or {key}_file, not both")
+        return has_env or has_file
+
+    def require(self, key: str) -> Secret:
+        secret = self.read(key)
+        if secret is None:  # callers check configured() first
+            raise ConfigError(f"{self._label}: set {key}_env or {key}_file")
+        return secret
+
+    def read(self, key: str) -> Secret | None:
+        if not self.configured(key):
+            return None
+        env_key, file_key = f"{key}_env", f"{key}_file"
+        if env_key in self._table:
+            var = self._table[env_key]
+            where = f"{self._label}.{env_key}"
+            if not isinstance(var, str) or not var.strip():
+                raise ConfigError(
+                    f"{where} must be the name of an environment variable, got {_describe(var)}"
+                )
+            value = self._env.get(var.strip())
+            if value is None:
+                raise ConfigError(f"{where}: environment variable {var.strip()} is not set")
+            if not value.strip():
+                raise ConfigError(f"{where}: environment variable {var.strip()} is empty")
+            return Secret(value)
+
+        where = f"{self._label}.{file_key}"
+        path_text = self._table[file_key]
+        if not isinstance(path_text, str) or not path_text.strip():
+            raise ConfigError(f"{where} must be a file path, got {_describe(path_text)}")
+        path = Path(path_text.strip()).expanduser()
+        if not path.is_absolute():
+            path = self._base_dir / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"{where}: cannot read {str(path)!r}: {reason}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: {str(path)!r} is not UTF-8 text") from None
+        value = text.rstrip()
+        if not value:
+            raise ConfigError(f"{where}: {str(path)!r} is empty")
+        return Secret(value)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Iterable[str], prefix: str) -> None:
+    allowed = sorted(allowed)
+    for key in table:
+        if key not in allowed:
+            where = f"{prefix}.{key}" if prefix else key
+            hint = _did_you_mean(key, allowed)
+            if not hint:
+                hint = f" (allowed: {', '.join(allowed)})" if len(allowed) <= 5 else ""
+            scope = f"in {prefix}" if prefix else "at the top level"
+            raise ConfigError(f"{where}: unknown key {scope}{hint}")
+
+
+def _require_str(table: Mapping[str, Any], key: str, label: str) -> str:
+    value = table.get(key)
+    if value is None:
+        raise ConfigError(f"{label}.{key} is required")
+    if not isinstance(value, str):
+        raise ConfigError(f"{label}.{key} must be a string, got {_describe(value)}")
+    if not value.strip():
+        raise ConfigError(f"{label}.{key} must not be empty")
+    return value
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def _type_name(value: object) -> str:
+    names = {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _describe(value: object) -> str:
+    """A short, single-line rendering of a non-secret value for messages."""
+    if isinstance(value, (str, bool, int, float)):
+        text = repr(value)
+        return f"{_type_name(value)} {text if len(text) <= 60 else text[:57] + '...'}"
+    return _type_name(value)
