@@ -55,8 +55,8 @@ class SourceContext:
 
     ``codes`` maps the vendor's event codes to labels and categories (from the
     ``event_codes`` table). ``count_local`` counts this source's stored events
-    with ``since <= occurred_at < until`` (``until`` None: no upper bound), for
-    reconciliation against a vendor's totals. ``refresh_token`` is the
+    and rejected records with ``since <= occurred_at < until`` (``until``
+    None: no upper bound), for reconciliation against a vendor's totals. ``refresh_token`` is the
     persisted (possibly rotated) OAuth refresh token, and
     ``save_refresh_token`` commits a new one at once, before it is used.
     """

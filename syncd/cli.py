@@ -1,0 +1,271 @@
+"""The ``syncd`` command line (the contract in DESIGN.md).
+
+Errors a user can cause end with one line on stderr and exit 1, never a
+traceback: they are raised as :class:`~syncd.errors.SyncdError` (or a database
+driver error) and turned into that line here, at the edge. Logging is
+configured here too, once, before any command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+import orjson
+import sqlalchemy as sa
+
+from syncd import __version__
+from syncd.config import Settings, load_settings
+from syncd.errors import DatabaseUnavailable, SyncdError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Context:
+    """What the global options resolve to; settings are loaded on first use."""
+
+    config_path: str | None
+    database_url: str | None
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path, self.database_url)
+        return self._settings
+
+    def engine(self) -> sa.Engine:
+        from syncd.db.engine import check_connection, create_engine
+
+        engine = create_engine(self.settings.database_url)
+        check_connection(engine)
+        return engine
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="TOML configuration (else $SYNCD_CONFIG, else ./syncd.toml when present).",
+)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="Database (else $SYNCD_DATABASE_URL, else the config's, else sqlite:///syncd.db).",
+)
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level (else $SYNCD_LOG_LEVEL, else info).",
+)
+@click.option(
+    "--log-format",
+    default=None,
+    type=click.Choice(["json", "console"]),
+    help="Log format (else $SYNCD_LOG_FORMAT; JSON off a terminal, console on one).",
+)
+@click.version_option(__version__, prog_name="syncd")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_path: str | None,
+    database_url: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Copy access-control events from vendor clouds into SQL, exactly once."""
+    from syncd.logging import configure_logging
+
+    configure_logging(
+        level=log_level or "info",
+        json=None if log_format is None else log_format == "json",
+    )
+    ctx.obj = Context(config_path, database_url)
+
+
+@cli.command()
+@pass_context
+def migrate(ctx: Context) -> None:
+    """Upgrade the database to the newest schema."""
+    from syncd.db import migrate as migrations
+    from syncd.db.engine import describe_url
+
+    engine = ctx.engine()
+    before = migrations.current_revision(engine)
+    migrations.upgrade(engine)
+    after = migrations.current_revision(engine)
+    where = describe_url(ctx.settings.database_url)
+    if before == after:
+        click.echo(f"{where}: schema already current (revision {after})")
+    else:
+        click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}")
+
+
+def _ready_engine(ctx: Context, *, migrate_if_empty: bool) -> sa.Engine:
+    """An engine whose schema is current (migrating an empty database if allowed)."""
+    from syncd.db import migrate as migrations
+
+    engine = ctx.engine()
+    current = migrations.current_revision(engine)
+    if current is None and migrate_if_empty:
+        migrations.upgrade(engine)
+        return engine
+    if current != migrations.head_revision():
+        state = "has no syncd schema" if current is None else f"is at revision {current}"
+        raise DatabaseUnavailable(f"the database {state}: run `syncd migrate` first")
+    return engine
+
+
+@cli.command()
+@click.option(
+    "--source",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Only this source (repeatable). Default: every configured source.",
+)
+@pass_context
+def sync(ctx: Context, names: Sequence[str]) -> None:
+    """One incremental pass of each (or each named) source, then exit."""
+    from syncd.db.store import Store
+    from syncd.engine import run_pass
+
+    settings = ctx.settings
+    if not settings.sources:
+        raise SyncdError(
+            "no sources configured: add [[sources]] to syncd.toml (see README) "
+            "or try `syncd demo`"
+        )
+    sources = [settings.source(name) for name in names] if names else list(settings.sources)
+    store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    failed = 0
+    for source in sources:
+        result = run_pass(store, source)
+        if result.skipped:
+            click.echo(f"{source.name}: skipped, another syncd is syncing it")
+        elif result.ok:
+            w = result.written
+            click.echo(
+                f"{source.name}: ok, {w.inserted} new, {w.updated} updated, "
+                f"{w.unchanged} unchanged, {w.rejected} rejected "
+                f"in {result.pages} pages, {result.duration_s:.1f}s"
+            )
+        else:
+            failed += 1
+            click.echo(f"syncd: {source.name} failed: {result.error}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def status(ctx: Context, as_json: bool) -> None:
+    """Per source: cursor, last success, last error, lag, row count."""
+    from syncd.db.store import Store
+
+    store = Store(_ready_engine(ctx, migrate_if_empty=False))
+    now = datetime.now(UTC)
+    states = store.all_states()
+    stats = store.source_stats()
+    configured = {s.name: s.kind for s in ctx.settings.sources}
+    names = list(configured) + sorted((set(states) | set(stats)) - set(configured))
+    rows = []
+    for name in names:
+        state = states.get(name)
+        stat = stats.get(name)
+        newest = stat.newest_occurred_at if stat else None
+        rows.append(
+            {
+                "source": name,
+                "kind": configured.get(name),
+                "configured": name in configured,
+                "rows": stat.rows if stat else 0,
+                "rejected": stat.rejected if stat else 0,
+                "newest_event_at": _iso(newest),
+                "lag_seconds": round((now - newest).total_seconds(), 1) if newest else None,
+                "last_success_at": _iso(state.last_success_at) if state else None,
+                "last_error": state.last_error if state else None,
+                "last_error_at": _iso(state.last_error_at) if state else None,
+                "consecutive_failures": state.consecutive_failures if state else 0,
+                "cursor": state.cursor if state else {},
+            }
+        )
+    if as_json:
+        click.echo(orjson.dumps({"sources": rows}, option=orjson.OPT_INDENT_2).decode())
+        return
+    _print_status(rows)
+
+
+def _print_status(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        click.echo("no sources configured and nothing synced yet")
+        return
+    table = Table(title="syncd status")
+    for column in ("source", "kind", "rows", "rejected", "lag", "last success", "last error"):
+        table.add_column(column)
+    for row in rows:
+        lag = row["lag_seconds"]
+        table.add_row(
+            row["source"],
+            row["kind"] or "(not configured)",
+            str(row["rows"]),
+            str(row["rejected"]),
+            "-" if lag is None else _duration(lag),
+            row["last_success_at"] or "never",
+            (row["last_error"] or "")[:80],
+        )
+    Console().print(table)
+    for row in rows:
+        click.echo(f"{row['source']} cursor: {orjson.dumps(row['cursor']).decode()}")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: one clear line and exit 1 for user errors."""
+    try:
+        cli.main(args=argv, prog_name="syncd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("syncd: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SyncdError as exc:
+        click.echo(f"syncd: {exc}", err=True)
+        sys.exit(1)
+    except sa.exc.SQLAlchemyError as exc:
+        from syncd.db.engine import first_line
+
+        click.echo(f"syncd: database error: {first_line(exc)}", err=True)
+        sys.exit(1)
+    except SystemExit:
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Credentials as ``httpx.Auth``: static bearer tokens, and OAuth refresh-token grants.
+
+OAuth (RFC 6749 refresh-token grant, as DoorFlow runs it): the access token is
+refreshed shortly before it expires and once more when the server answers 401
+anyway. Refresh tokens may rotate on use: a new one is persisted through
+``on_rotate`` *before* it is used for anything, so a crash can never leave the
+integration holding only a revoked token. When the server sends no new refresh
+token, the old one is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+
+import httpx
+import orjson
+
+from syncd.errors import AuthError
+
+# Refresh this long before the server's stated expiry: clocks skew and a
+# request can take a while to arrive.
+EXPIRY_MARGIN_S = 60.0
+
+
+class BearerToken(httpx.Auth):
+    """``Authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+class OAuthRefresh(httpx.Auth):
+    """Bearer tokens obtained with the ``refresh_token`` grant at ``token_url``."""
+
+    requires_response_body = True
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        on_rotate: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._refresh_token = refresh_token
+        self._on_rotate = on_rotate
+        self._clock = clock
+        self._access_token: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+        self.refreshes = 0
+
+    def _needs_refresh(self) -> bool:
+        return self._access_token is None or self._clock() >= self._expires_at - EXPIRY_MARGIN_S
+
+    def _token_request(self) -> httpx.Request:
+        return httpx.Request(
+            "POST",
+            self._token_url,
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": self._refresh_token,
+                "client_id": self._client_id,
+                "client_secret": self._client_secret,
+            },
+            headers={"Accept": "application/json"},
+        )
+
+    def _accept(self, response: httpx.Response) -> None:
+        response.read()
+        if response.status_code != 200:
+            raise AuthError(
+                f"OAuth token refresh failed with HTTP {response.status_code}; "
+                "the refresh token may be revoked: authorize syncd again and set a new one"
+            )
+        try:
+            body = orjson.loads(response.content)
+            access = body["access_token"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise AuthError("OAuth token endpoint answered without an access_token") from exc
+        rotated = body.get("refresh_token")
+        if isinstance(rotated, str) and rotated and rotated != self._refresh_token:
+            # Persist first: the old token stops working the moment this one exists.
+            if self._on_rotate is not None:
+                self._on_rotate(rotated)
+            self._refresh_token = rotated
+        self._access_token = str(access)
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        self._expires_at = self._clock() + lifetime
+        self.refreshes += 1
+
+    def _refresh(self) -> Generator[httpx.Request, httpx.Response, None]:
+        response = yield self._token_request()
+        self._accept(response)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with self._lock:
+            if self._needs_refresh():
+                yield from self._refresh()
+            token = self._access_token
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        # The token was revoked or expired early: refresh once and retry once.
+        with self._lock:
+            if self._access_token == token:
+                yield from self._refresh()
+            token = self._access_token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request

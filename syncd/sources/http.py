@@ -1,0 +1,193 @@
+"""Shared HTTP machinery for connectors: error classification and retries.
+
+Every vendor call goes through :func:`send`, which turns HTTP outcomes into the
+exception types of :mod:`syncd.errors` and retries the transient ones with
+tenacity. Policy is decided by exception *type*:
+
+- :class:`~syncd.errors.RateLimited` (429): wait what the server asked
+  (``Retry-After`` header, or ``retry_in`` / ``retry_after`` in the body),
+  capped at ``max_wait``; exponential backoff when it gave no hint;
+- other :class:`~syncd.errors.TransientError` (5xx, timeouts, dropped
+  connections, a body that is not JSON): exponential backoff with jitter;
+- anything else fails at once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+import tenacity
+
+from syncd.errors import (
+    AuthError,
+    RateLimited,
+    RequestRejected,
+    SourceError,
+    TransientError,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 5
+    max_wait: float = 60.0  # cap on any single wait, server-requested or not
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
+    """The wait a 429 asks for: ``Retry-After`` (seconds or HTTP date) or body hint."""
+    header = response.headers.get("Retry-After")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            parsed = _http_date(header)
+            if parsed is not None:
+                return max(0.0, (parsed - (now or datetime.now(UTC))).total_seconds())
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, dict):
+        for key in ("retry_in", "retry_after"):
+            value = body.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return max(0.0, float(value))
+    return None
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def error_detail(response: httpx.Response) -> str:
+    """A short, secret-free description of an error response."""
+    detail = ""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "error_description", "message") if body.get(k)]
+        detail = ": " + " - ".join(parts) if parts else ""
+    return f"HTTP {response.status_code} from {response.request.method} {response.request.url.path}{detail}"
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Raise the :mod:`syncd.errors` type an unsuccessful response stands for."""
+    status = response.status_code
+    if status < 400:
+        return
+    detail = error_detail(response)
+    if status == 429:
+        raise RateLimited(detail, retry_after_seconds(response))
+    if status >= 500:
+        raise TransientError(detail)
+    if status in (401, 403):
+        raise AuthError(detail)
+    raise RequestRejected(detail)
+
+
+def parse_json(response: httpx.Response) -> Any:
+    """The response body as JSON; a body that is not JSON is transient (retried)."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise TransientError(
+            f"HTTP {response.status_code} from {response.request.url.path}: body is not JSON"
+        ) from exc
+
+
+def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
+    backoff = tenacity.wait_exponential_jitter(
+        initial=policy.backoff_initial, max=policy.backoff_max
+    )
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.max_wait)
+        return min(backoff(state), policy.max_wait)
+
+    return wait
+
+
+def _log_retry(source: str) -> Callable[[tenacity.RetryCallState], None]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "request_retry",
+            source=source,
+            attempt=state.attempt_number,
+            wait_s=round(state.upcoming_sleep, 3),
+            error_type=type(exc).__name__,
+            error=str(exc),
+        )
+
+    return before_sleep
+
+
+def send(
+    client: httpx.Client,
+    request: Callable[[httpx.Client], httpx.Response],
+    *,
+    policy: RetryPolicy,
+    source: str,
+    parse: bool = True,
+) -> tuple[httpx.Response, Any]:
+    """Send ``request(client)`` with retries; return the response and its JSON body.
+
+    Transport failures become :class:`TransientError`; status codes are
+    classified by :func:`raise_for_status`. The last error is re-raised when
+    the attempts run out.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TransientError),
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=_wait(policy),
+        before_sleep=_log_retry(source),
+        reraise=True,
+    )
+    result: tuple[httpx.Response, Any] = retrying(_attempt, client, request, parse)
+    return result
+
+
+def _attempt(
+    client: httpx.Client, request: Callable[[httpx.Client], httpx.Response], parse: bool
+) -> tuple[httpx.Response, Any]:
+    try:
+        response = request(client)
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"request timed out: {type(exc).__name__}") from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"connection failed: {type(exc).__name__}") from exc
+    raise_for_status(response)
+    return response, parse_json(response) if parse else None
+
+
+__all__ = [
+    "AuthError",
+    "RateLimited",
+    "RequestRejected",
+    "RetryPolicy",
+    "SourceError",
+    "TransientError",
+    "parse_json",
+    "raise_for_status",
+    "retry_after_seconds",
+    "send",
+]
