@@ -24,9 +24,7 @@ def alembic(url: str, *args: str) -> None:
     env = {**os.environ, "SYNCD_DATABASE_URL": url}
     env.pop("SYNCD_CONFIG", None)
     print(f"$ alembic {' '.join(args)}  ({make_url(url).get_backend_name()})", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, check=True
-    )
+    subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, check=True)
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ def build_source(
     context = SourceContext(
         codes=store.load_codes(config.kind),
         count_local=partial(store.count_events, config.name),
+        count_unplaced=partial(store.count_unplaced, config.name),
         refresh_token=state.refresh_token,
         save_refresh_token=lambda token: store.save_refresh_token(config.name, token, clock()),
     )

@@ -70,7 +70,7 @@ _NOT_OLDER = (
     "OR excluded.source_updated_at >= events.source_updated_at)"
 )
 
-_PG_STAGE = f"""
+_PG_STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS syncd_stage (
     source text, event_key text, vendor text, occurred_at timestamptz, event_code integer,
     category text, label text, door_id text, door_name text, person_id text, person_name text,
@@ -389,7 +389,9 @@ class Store:
             event_codes.c.vendor == vendor
         )
         with self.engine.connect() as conn:
-            return {code: CodeInfo(label, category) for code, label, category in conn.execute(query)}
+            return {
+                code: CodeInfo(label, category) for code, label, category in conn.execute(query)
+            }
 
     def count_events(self, source: str, since: datetime, until: datetime | None = None) -> int:
         """Stored events plus rejected records of ``source`` in ``[since, until)``.
@@ -406,6 +408,14 @@ class Store:
                     query = query.where(table.c.occurred_at < until)
                 total += int(conn.execute(query).scalar_one())
         return total
+
+    def count_unplaced(self, source: str) -> int:
+        """Rejected records of ``source`` that had no readable time."""
+        query = sa.select(sa.func.count()).where(
+            rejected_events.c.source == source, rejected_events.c.occurred_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def source_stats(self) -> dict[str, SourceStats]:
         """Row count, newest event and rejected count per source, in two scans."""
@@ -424,9 +434,9 @@ class Store:
                 ).group_by(events.c.source)
             )
             for source, count, newest in rows:
-                if isinstance(newest, str):  # SQLite aggregates lose the column type
-                    newest = datetime.fromisoformat(newest).replace(tzinfo=UTC)
-                stats[source] = SourceStats(int(count), newest, int(rejected.get(source, 0)))
+                stats[source] = SourceStats(
+                    int(count), _aggregate_time(newest), int(rejected.get(source, 0))
+                )
             for source, count in rejected.items():
                 stats.setdefault(source, SourceStats(0, None, int(count)))
         return stats
@@ -501,6 +511,13 @@ class Store:
         if not database or database == ":memory:":
             return None
         return Path(f"{database}.{source}.lock")
+
+
+def _aggregate_time(value: datetime | str | None) -> datetime | None:
+    # SQLite's max() returns the stored text: the column type is lost.
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value
 
 
 def lock_key(source: str) -> int:

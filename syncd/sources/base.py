@@ -56,13 +56,15 @@ class SourceContext:
     ``codes`` maps the vendor's event codes to labels and categories (from the
     ``event_codes`` table). ``count_local`` counts this source's stored events
     and rejected records with ``since <= occurred_at < until`` (``until``
-    None: no upper bound), for reconciliation against a vendor's totals. ``refresh_token`` is the
-    persisted (possibly rotated) OAuth refresh token, and
-    ``save_refresh_token`` commits a new one at once, before it is used.
+    None: no upper bound), for reconciliation against a vendor's totals;
+    ``count_unplaced`` counts its rejected records that had no readable time.
+    ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token,
+    and ``save_refresh_token`` commits a new one at once, before it is used.
     """
 
     codes: Mapping[int, CodeInfo] = field(default_factory=dict)
     count_local: Callable[[datetime, datetime | None], int] | None = None
+    count_unplaced: Callable[[], int] | None = None
     refresh_token: str | None = None
     save_refresh_token: Callable[[str], None] | None = None
 
@@ -70,8 +72,9 @@ class SourceContext:
 class Source(Protocol):
     """One configured vendor account."""
 
-    def __init__(self, config: SourceConfig, client: httpx.Client, context: SourceContext) -> None:
-        ...
+    def __init__(
+        self, config: SourceConfig, client: httpx.Client, context: SourceContext
+    ) -> None: ...
 
     def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         """Yield the pages of one incremental pass starting at ``cursor``.

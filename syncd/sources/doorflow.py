@@ -7,23 +7,33 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
   events uploaded late by an offline controller, within the lookback, are
   read again. ``since`` is inclusive: ties at the boundary are re-read and
   deduplicated on ``id``, never lost.
-- Page numbers over a list that grows while it is read can only *repeat*
-  rows (an insertion before the read position shifts the rest down), never
-  skip them, as long as ``since`` stays fixed. The pass keeps the number of
-  list positions it has consumed (``offset``) in the cursor after every page,
-  so a crash resumes at the same page; if the server's page size or order
-  changes under it (a flavor switch), the pass restarts at offset 0 rather
-  than risk a skip.
+- Page numbers over a list that grows while it is read may repeat rows (an
+  insertion before the read position shifts the rest down) and miss the
+  inserted rows themselves, but never skip a row that was there when the pass
+  began, as long as ``since`` stays fixed. What a pass misses that way is new:
+  on-time events (newer than the watermark) or late ones, which the next pass
+  reads from ``watermark - lookback`` or finds by reconciliation. The pass
+  keeps the number of list positions it has consumed (``offset``) in the
+  cursor after every page, so a crash resumes at the same page; if the
+  server's page size or order changes under it (a flavor switch), the pass
+  restarts at offset 0 rather than risk a skip.
 - Every event code is asked for explicitly: without ``event_codes`` the API
   returns only admits and rejects.
 - The watermark (newest ``created_at`` committed, never past ``now``) only
   becomes the next pass's ``since`` once a pass has finished, so the order
   the server returns (``sort=ASC`` honoured or not) does not matter.
 - A late event older than the lookback is found by **reconciliation**: at the
-  start of a pass the vendor's count since the reconcile horizon (``Total`` /
-  ``total_count``) is compared with the local count; a deficit beyond the one
-  already known (malformed records the vendor counts but syncd rejects) makes
-  the pass read from the horizon instead.
+  start of a pass the vendor's count of events between the reconcile horizon
+  and the pass's ``since`` (two ``Total`` / ``total_count`` probes) is
+  compared with the local count of stored and rejected records there. If the
+  vendor has more than syncd could explain by rejected records without a
+  readable time (which cannot be placed in the window), the pass reads from
+  the horizon instead. No deficit is ever "accepted" as known, so a missed
+  event cannot be hidden; the price is that a vendor whose counts never
+  match costs a horizon re-read every pass (logged as ``reconcile_needed``).
+- Known limit: when the source has rejected records without a readable time,
+  as many missing events as there are such records can go unnoticed by
+  reconciliation (they are indistinguishable by count).
 - Both response shapes (bare array + ``Total``/``Per-Page`` headers, and
   ``{"events", "pagination"}``) and both field namings are accepted; the
   request carries both parameter families.
@@ -31,7 +41,7 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -171,7 +181,6 @@ class PassState:
     per_page: int | None = None  # the server's page size, once seen
     order: str | None = None  # "asc" / "desc", once seen
     shape: str | None = None  # "array" / "object", once seen
-    reconcile: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,7 +189,6 @@ class PassState:
             "per_page": self.per_page,
             "order": self.order,
             "shape": self.shape,
-            "reconcile": self.reconcile,
         }
 
     @classmethod
@@ -191,7 +199,6 @@ class PassState:
             per_page=data.get("per_page"),
             order=data.get("order"),
             shape=data.get("shape"),
-            reconcile=bool(data.get("reconcile", False)),
         )
 
 
@@ -199,14 +206,12 @@ class PassState:
 class DoorFlowCursor:
     origin: datetime  # where the first pass began; nothing before it is wanted
     watermark: datetime | None = None  # newest created_at committed (never past a pass's now)
-    known_deficit: int = 0  # vendor count minus local count not explained by late events
     current: PassState | None = None  # a pass in progress
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "origin": self.origin.isoformat(),
             "watermark": self.watermark.isoformat() if self.watermark else None,
-            "known_deficit": self.known_deficit,
         }
         if self.current is not None:
             data["pass"] = self.current.to_json()
@@ -221,7 +226,6 @@ class DoorFlowCursor:
         return cls(
             origin=datetime.fromisoformat(data["origin"]),
             watermark=datetime.fromisoformat(watermark) if watermark else None,
-            known_deficit=int(data.get("known_deficit", 0)),
             current=PassState.from_json(current) if current else None,
         )
 
@@ -326,16 +330,18 @@ def step(
     if changed_shape or changed_order:
         # The server changed under the pass (page size or order): positions
         # consumed so far mean nothing in the new listing. Start over.
-        fresh = PassState(state.since, 0, per_page, None, response.shape, state.reconcile)
+        fresh = PassState(state.since, 0, per_page, None, response.shape)
         return PageStep(fresh, done=False, restarted=True)
     start = (page_no - 1) * per_page
     if start > state.offset:
         # The server's pages are larger than assumed: this page starts past
         # what was consumed. Fetch the page that holds the offset instead.
-        return PageStep(replace(state, per_page=per_page, shape=response.shape), False, refetch=True)
+        return PageStep(
+            replace(state, per_page=per_page, shape=response.shape), False, refetch=True
+        )
     count = len(response.items)
     offset = max(state.offset, start + count)
-    new = PassState(state.since, offset, per_page, order, response.shape, state.reconcile)
+    new = PassState(state.since, offset, per_page, order, response.shape)
     short = count < per_page
     reached_total = response.total is not None and start + count >= response.total
     return PageStep(new, done=count == 0 or short or reached_total)
@@ -429,24 +435,20 @@ class DoorFlowSource:
     def _plan(self, cursor: DoorFlowCursor, now: datetime) -> DoorFlowCursor:
         """Choose a fresh pass's ``since``: behind the watermark, or the horizon."""
         since = regular_since(cursor, timedelta(seconds=self.config.lookback))
-        if cursor.watermark is None:
-            # A first pass reads everything from origin; measure afterwards.
-            return replace(cursor, current=PassState(since, reconcile=True))
         horizon = reconcile_horizon(cursor, now, timedelta(days=self.config.reconcile_days))
-        deficit = self.deficit(horizon, since)
-        known = cursor.known_deficit
-        if deficit is not None and deficit > known:
-            log.info(
-                "reconcile_needed",
-                source=self.config.name,
-                vendor_minus_local=deficit,
-                known_deficit=known,
-                since=horizon.isoformat(),
-            )
-            return replace(cursor, current=PassState(horizon, reconcile=True))
-        if deficit is not None:
-            known = deficit
-        return replace(cursor, known_deficit=known, current=PassState(since))
+        if cursor.watermark is not None and horizon < since:
+            deficit = self.deficit(horizon, since)
+            unplaced = self.context.count_unplaced() if self.context.count_unplaced else 0
+            if deficit is not None and deficit > unplaced:
+                log.info(
+                    "reconcile_needed",
+                    source=self.config.name,
+                    vendor_minus_local=deficit,
+                    unplaced_rejects=unplaced,
+                    since=horizon.isoformat(),
+                )
+                since = horizon
+        return replace(cursor, current=PassState(since))
 
     def _read(self, cursor: DoorFlowCursor, now: datetime) -> Iterator[Page]:
         size = self.config.page_size
@@ -466,21 +468,7 @@ class DoorFlowSource:
             cursor = replace(cursor, watermark=watermark, current=None if move.done else current)
             yield Page(records, rejected, cursor.to_json())
             if move.done:
-                break
-        if current.reconcile:
-            # Runs after the last page is committed. Whatever the vendor still
-            # counts beyond what is stored is records syncd cannot place
-            # (malformed times); remember it so they do not trigger
-            # reconciliation again.
-            yield Page([], [], self._measured(cursor, now).to_json())
-
-    def _measured(self, cursor: DoorFlowCursor, now: datetime) -> DoorFlowCursor:
-        horizon = reconcile_horizon(cursor, now, timedelta(days=self.config.reconcile_days))
-        since = regular_since(cursor, timedelta(seconds=self.config.lookback))
-        deficit = self.deficit(horizon, since)
-        if deficit is None:
-            return cursor
-        return replace(cursor, known_deficit=max(0, deficit))
+                return
 
 
 SOURCE = DoorFlowSource

@@ -84,7 +84,8 @@ def error_detail(response: httpx.Response) -> str:
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "error_description", "message") if body.get(k)]
         detail = ": " + " - ".join(parts) if parts else ""
-    return f"HTTP {response.status_code} from {response.request.method} {response.request.url.path}{detail}"
+    request = response.request
+    return f"HTTP {response.status_code} from {request.method} {request.url.path}{detail}"
 
 
 def raise_for_status(response: httpx.Response) -> None:
@@ -114,7 +115,7 @@ def parse_json(response: httpx.Response) -> Any:
 
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
     backoff = tenacity.wait_exponential_jitter(
-        initial=policy.backoff_initial, max=policy.backoff_max
+        multiplier=policy.backoff_initial, max=policy.backoff_max, jitter=policy.backoff_initial
     )
 
     def wait(state: tenacity.RetryCallState) -> float:

@@ -30,7 +30,12 @@ def test_new_rows_are_inserted_with_every_column(store: Store) -> None:
     assert result == WriteResult(inserted=1)
     row = rows(store)["7"]
     assert (row.vendor, row.event_code, row.category) == ("doorflow", 10, "access_granted")
-    assert (row.door_id, row.door_name, row.person_id, row.credential) == ("12", "Front", "5", "4455")
+    assert (row.door_id, row.door_name, row.person_id, row.credential) == (
+        "12",
+        "Front",
+        "5",
+        "4455",
+    )
     assert row.occurred_at == record.occurred_at
     assert row.occurred_at.tzinfo is not None
     assert row.payload == {"id": 7, "person_name": "Person 7 v0", "version": 0}
@@ -135,6 +140,7 @@ def test_count_events_counts_events_and_placed_rejects(store: Store) -> None:
     )
     assert store.count_events("hq", T0 + timedelta(minutes=5)) == 6
     assert store.count_events("hq", T0, T0 + timedelta(minutes=6)) == 7
+    assert store.count_unplaced("hq") == 1
 
 
 def test_event_codes_are_loaded_for_a_vendor(store: Store) -> None:
@@ -184,7 +190,9 @@ def expected_newest(history: list[list[tuple[int, int]]]) -> dict[str, int]:
     return newest
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(history=batches, fail_at=st.integers(min_value=-1, max_value=5))
 def test_any_batches_end_with_one_row_per_key_holding_the_newest(
     store: Store, history: list[list[tuple[int, int]]], fail_at: int

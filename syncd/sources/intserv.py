@@ -1,0 +1,432 @@
+"""IntServ Access: ``POST /v1/events/list``, ``continuation_key`` paging, ``least_sync_time``.
+
+How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
+
+- **Where a pass starts.** The cursor's ``least_sync_time`` is the committed
+  horizon: the server guaranteed that every event before it had reached it
+  for the systems in scope. A pass asks for ``from_date`` = that horizon (the
+  configured ``start``, or 7 days before the first pass, the first time) and
+  follows ``continuation_key`` while ``has_more``. It never starts from the
+  newest ``event_time`` seen: an offline system holds ``least_sync_time``
+  back, and when it comes back online its buffered events appear with their
+  *old* ``event_time``; a cursor past them would skip them forever.
+  ``from_date`` is inclusive on the server: events at the boundary are read
+  again and deduplicated by the store's upsert on ``event_key``.
+- **The horizon of a pass is the minimum ``least_sync_time`` reported during
+  it** (in practice the first page's snapshot), never the last page's. A
+  continuation position only moves forward through the list while a system
+  that comes back online mid-pass inserts its old events *behind* that
+  position: this pass never sees them, yet the later pages already report a
+  higher ``least_sync_time`` that vouches for them. Taking that later value
+  would move the cursor past them and lose them for good. The first page's
+  ``least_sync_time`` L is safe: every event before L was already in the list
+  when the pass began, and a forward walk over a list that only grows
+  (insertions shift what follows, they never remove) visits every item that
+  was present at the start. A page that reports no readable
+  ``least_sync_time`` counts as a guarantee only up to ``from_date``, so such
+  a pass does not move the cursor at all.
+- **At the end of a pass** (``has_more`` false) the cursor becomes
+  ``max(old least_sync_time, horizon)``: it never moves backwards (a horizon
+  lower than the old one, e.g. a new system joining, would only re-read).
+- **Per page, one transaction.** Every response is one :class:`Page` whose
+  cursor lets a crash resume *after* it: the old ``least_sync_time`` plus the
+  pass in progress (``from_date``, the ``continuation_key`` for the next
+  page, the horizon so far, and the request filters it belongs to). A resumed
+  pass uses the stored continuation key; the horizon arithmetic is the same
+  as if it had never stopped.
+- **A rejected continuation key** (the server's TTL is unknown): any
+  non-auth, non-429 4xx to a request that *carried* a continuation key — the
+  classification is by which request failed, never by the message — raises
+  :class:`~syncd.errors.ContinuationRejected`, and the pass starts again from
+  its ``from_date`` with a fresh horizon (the events already stored are
+  upserted again, harmlessly). After :data:`MAX_RESTARTS` restarts in one
+  run the pass fails; the committed cursor still resumes it next time. The
+  same 4xx to a request *without* a key is a real rejection and fails the
+  pass at once. A pass whose filters (``systems``, ``include_*``) changed in
+  the configuration is discarded: its key belongs to another query.
+- **No ``to_date`` is sent** (the server's default: its own now). The
+  ``least_sync_time`` guarantee is stated in the server's clock for the query
+  it ran; with a client-chosen ``to_date`` from *our* clock, skew could put
+  it before the reported ``least_sync_time``, and moving the cursor to that
+  horizon would then skip the events between the two (the cursor would have
+  to be capped at ``to_date``, and ``continuation_key`` semantics under
+  changing bodies are unknown). Without it, the list simply grows at its tail
+  while it is read, which forward paging handles; the pass still ends,
+  because a page holds up to 1000 events and arrivals do not keep pace.
+- Retries, 429 waits, 5xx/timeouts/dropped connections and non-JSON bodies
+  are all :func:`syncd.sources.http.send`'s business. A JSON body without an
+  ``events`` list, or ``has_more`` without a key, fails the pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import structlog
+
+from syncd.errors import ConfigError, ContinuationRejected, RequestRejected, SourceError
+from syncd.records import (
+    EventRecord,
+    MalformedRecord,
+    RejectedRecord,
+    optional_text,
+    parse_time,
+    required_int,
+)
+from syncd.sources.auth import BearerToken
+from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
+from syncd.sources.http import RetryPolicy, send
+
+if TYPE_CHECKING:
+    from syncd.config import SourceConfig
+
+log = structlog.get_logger(__name__)
+
+VENDOR = "intserv"
+EVENTS_PATH = "/v1/events/list"
+MAX_LIMIT = 1000
+DEFAULT_FIRST_PASS = timedelta(days=7)
+MAX_RESTARTS = 3
+"""Rejected continuation keys tolerated in one run of a pass before it fails."""
+
+_CATEGORY_FALLBACK = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+
+
+# -- normalization -------------------------------------------------------------
+
+
+def canonical_time(when: datetime) -> str:
+    """The one text form of an instant: aware UTC ISO 8601 with ``Z``.
+
+    ``event_key`` embeds it, so ``...T10:00:00+02:00`` and ``...T08:00:00Z``
+    (and ``...T08:00:00.000Z``) are the same event. Naive means UTC.
+    """
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def event_key(system_id: str, event_time: datetime, sequence_id: int) -> str:
+    """The natural key: ``system_id|event_time (UTC, canonical)|sequence_id``."""
+    return f"{system_id}|{canonical_time(event_time)}|{sequence_id}"
+
+
+def _object(raw: Mapping[str, Any], field: str) -> Mapping[str, Any] | None:
+    value = raw.get(field)
+    if value is None or isinstance(value, dict):
+        return value
+    raise MalformedRecord(f"{field} has the wrong type ({type(value).__name__})")
+
+
+def _system_id(raw: Mapping[str, Any]) -> str:
+    value = optional_text(raw.get("system_id"), "system_id")
+    if value is None or not value.strip():
+        raise MalformedRecord("system_id missing")
+    return value
+
+
+def _person_name(person: Mapping[str, Any] | None, subject: Mapping[str, Any] | None) -> str | None:
+    if person is not None:
+        first = optional_text(person.get("first_name"), "person.first_name") or ""
+        last = optional_text(person.get("last_name"), "person.last_name") or ""
+        name = f"{first.strip()} {last.strip()}".strip()
+        if name:
+            return name
+    if subject is not None:
+        name = (optional_text(subject.get("name"), "subject.name") or "").strip()
+        return name or None
+    return None
+
+
+def _category(code: int, info: CodeInfo | None, raw: Mapping[str, Any]) -> str:
+    if info is not None:
+        return info.category
+    vendor_category = optional_text(raw.get("category"), "category")
+    return _CATEGORY_FALLBACK.get((vendor_category or "").strip().lower(), "other")
+
+
+def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
+    """Normalize one IntServ event; raise MalformedRecord saying what is wrong."""
+    if not isinstance(raw, dict):
+        raise MalformedRecord(f"event is a {type(raw).__name__}, not an object")
+    system_id = _system_id(raw)
+    occurred_at = parse_time(raw.get("event_time"), "event_time")
+    sequence_id = required_int(raw.get("sequence_id"), "sequence_id")
+    code = required_int(raw.get("type"), "type")
+    key = _object(raw, "key")
+    person = _object(raw, "person")
+    subject = _object(raw, "subject")
+    info = codes.get(code)
+    return EventRecord(
+        event_key=event_key(system_id, occurred_at, sequence_id),
+        vendor=VENDOR,
+        occurred_at=occurred_at,
+        event_code=code,
+        category=_category(code, info, raw),
+        label=info.label if info else None,
+        payload=orjson.dumps(raw),
+        door_name=optional_text(raw.get("door_name"), "door_name"),
+        person_id=optional_text(person.get("id"), "person.id") if person else None,
+        person_name=_person_name(person, subject),
+        credential=optional_text(key.get("identification"), "key.identification") if key else None,
+        system_id=system_id,
+        sequence_id=sequence_id,
+    )
+
+
+def normalize_page(
+    items: list[Any], codes: Mapping[int, CodeInfo]
+) -> tuple[list[EventRecord], list[RejectedRecord]]:
+    records: list[EventRecord] = []
+    rejected: list[RejectedRecord] = []
+    for raw in items:
+        try:
+            records.append(from_api(raw, codes))
+        except MalformedRecord as exc:
+            rejected.append(RejectedRecord(str(exc), raw, _best_effort_time(raw)))
+    return records, rejected
+
+
+def _best_effort_time(raw: Any) -> datetime | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return parse_time(raw.get("event_time"), "event_time")
+    except MalformedRecord:
+        return None
+
+
+# -- the cursor arithmetic (pure) ----------------------------------------------
+
+
+def _parse_stored(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PassState:
+    """A pass in progress: its fixed ``from_date``, next key, horizon so far, filters."""
+
+    from_date: datetime
+    continuation_key: str | None = None
+    horizon: datetime | None = None  # min least_sync_time reported in this pass
+    scope: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from_date": canonical_time(self.from_date),
+            "continuation_key": self.continuation_key,
+            "horizon": canonical_time(self.horizon) if self.horizon else None,
+            "scope": self.scope,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PassState:
+        horizon = data.get("horizon")
+        key = data.get("continuation_key")
+        return cls(
+            from_date=_parse_stored(data["from_date"]),
+            continuation_key=str(key) if key else None,
+            horizon=_parse_stored(horizon) if horizon else None,
+            scope=str(data.get("scope", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IntServCursor:
+    """``least_sync_time``: the committed horizon; ``current``: a pass in progress."""
+
+    least_sync_time: datetime
+    current: PassState | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"least_sync_time": canonical_time(self.least_sync_time)}
+        if self.current is not None:
+            data["pass"] = self.current.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Cursor, start: datetime) -> IntServCursor:
+        """The stored cursor; an empty one starts at ``start``."""
+        stored = data.get("least_sync_time") if data else None
+        if not stored:
+            return cls(least_sync_time=start)
+        current = data.get("pass")
+        return cls(
+            least_sync_time=_parse_stored(stored),
+            current=PassState.from_json(current) if current else None,
+        )
+
+
+def begin_pass(cursor: IntServCursor, scope: str) -> IntServCursor:
+    """A fresh pass from the committed horizon (inclusive)."""
+    return replace(cursor, current=PassState(from_date=cursor.least_sync_time, scope=scope))
+
+
+def restart_pass(cursor: IntServCursor) -> IntServCursor:
+    """The same pass from its ``from_date`` again, without a key or a horizon."""
+    current = cursor.current
+    assert current is not None
+    return replace(cursor, current=PassState(from_date=current.from_date, scope=current.scope))
+
+
+def after_page(
+    cursor: IntServCursor,
+    reported: datetime | None,
+    has_more: bool,
+    next_key: str | None,
+) -> IntServCursor:
+    """The cursor to commit with a page just read.
+
+    ``reported`` is the page's ``least_sync_time`` (None: unreadable, which
+    vouches for nothing past ``from_date``). The pass's horizon is the minimum
+    reported so far. Mid-pass the committed horizon stays put and the pass
+    state carries the next key; at the end it becomes ``max(old, horizon)``.
+    """
+    current = cursor.current
+    assert current is not None
+    seen = reported if reported is not None else current.from_date
+    horizon = seen if current.horizon is None else min(current.horizon, seen)
+    if has_more:
+        return replace(cursor, current=replace(current, continuation_key=next_key, horizon=horizon))
+    return IntServCursor(least_sync_time=max(cursor.least_sync_time, horizon))
+
+
+# -- responses -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListResponse:
+    events: list[Any]
+    least_sync_time: datetime | None
+    has_more: bool
+    continuation_key: str | None
+
+
+def read_list_response(body: Any) -> ListResponse:
+    """``{least_sync_time, has_more, continuation_key, events[]}``, checked."""
+    if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+        raise SourceError("IntServ answered the events list without an 'events' array")
+    has_more = body.get("has_more")
+    if not isinstance(has_more, bool):
+        # Taking a missing flag for "done" would move the cursor past unread events.
+        raise SourceError("IntServ answered the events list without a boolean 'has_more'")
+    key = body.get("continuation_key")
+    if has_more and (not isinstance(key, str) or not key):
+        raise SourceError("IntServ answered has_more without a continuation_key")
+    try:
+        reported: datetime | None = parse_time(body.get("least_sync_time"), "least_sync_time")
+    except MalformedRecord:
+        reported = None
+        log.warning("least_sync_time_unreadable", vendor=VENDOR)
+    return ListResponse(body["events"], reported, has_more, key if has_more else None)
+
+
+# -- the connector ---------------------------------------------------------------
+
+
+class IntServSource:
+    """An IntServ Access integration as a :class:`~syncd.sources.base.Source`."""
+
+    def __init__(self, config: SourceConfig, client: httpx.Client, context: SourceContext) -> None:
+        self.config = config
+        self.client = client
+        self.context = context
+        self.policy = RetryPolicy(attempts=config.max_retries, max_wait=config.max_retry_wait)
+        self.client.auth = self._auth()
+
+    def _auth(self) -> httpx.Auth:
+        secret = self.config.api_key or self.config.token
+        if secret is None:
+            raise ConfigError(f"sources[{self.config.name}]: no api_key configured")
+        return BearerToken(secret.reveal())
+
+    # -- requests --
+
+    def _filters(self) -> dict[str, Any]:
+        config = self.config
+        filters: dict[str, Any] = {}
+        if config.systems:
+            filters["systems"] = list(config.systems)
+        if config.include_access_granted is not None:
+            filters["include_access_granted"] = config.include_access_granted
+        if config.include_access_denied is not None:
+            filters["include_access_denied"] = config.include_access_denied
+        return filters
+
+    def scope(self) -> str:
+        """The filters a continuation key (and a horizon) belongs to."""
+        return orjson.dumps(self._filters(), option=orjson.OPT_SORT_KEYS).decode()
+
+    def request_body(self, current: PassState) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "from_date": canonical_time(current.from_date),
+            "limit": min(self.config.page_size, MAX_LIMIT),
+            **self._filters(),
+        }
+        if current.continuation_key is not None:
+            body["continuation_key"] = current.continuation_key
+        return body
+
+    def _list(self, current: PassState) -> ListResponse:
+        body = self.request_body(current)
+        try:
+            _, payload = send(
+                self.client,
+                lambda c: c.post(EVENTS_PATH, json=body),
+                policy=self.policy,
+                source=self.config.name,
+            )
+        except ContinuationRejected:
+            raise
+        except RequestRejected as exc:
+            if current.continuation_key is None:
+                raise
+            raise ContinuationRejected(f"continuation key rejected: {exc}") from exc
+        return read_list_response(payload)
+
+    # -- a pass --
+
+    def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
+        start = self.config.start or (now - DEFAULT_FIRST_PASS)
+        state = IntServCursor.from_json(cursor, start)
+        scope = self.scope()
+        if state.current is not None and state.current.scope != scope:
+            log.warning("pass_discarded", source=self.config.name, reason="filters changed")
+            state = replace(state, current=None)
+        if state.current is None:
+            state = begin_pass(state, scope)
+        restarts = 0
+        while state.current is not None:
+            try:
+                response = self._list(state.current)
+            except ContinuationRejected as exc:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise ContinuationRejected(
+                        f"continuation keys rejected {restarts} times in one pass; "
+                        f"giving up for now (last: {exc})"
+                    ) from exc
+                log.warning(
+                    "pass_restarted",
+                    source=self.config.name,
+                    reason="continuation key rejected",
+                    restarts=restarts,
+                    from_date=canonical_time(state.current.from_date),
+                )
+                state = restart_pass(state)
+                continue
+            records, rejected = normalize_page(response.events, self.context.codes)
+            state = after_page(
+                state, response.least_sync_time, response.has_more, response.continuation_key
+            )
+            yield Page(records, rejected, state.to_json())
+
+
+SOURCE = IntServSource
