@@ -22,6 +22,7 @@ from syncd.errors import AuthError
 # Refresh this long before the server's stated expiry: clocks skew and a
 # request can take a while to arrive.
 EXPIRY_MARGIN_S = 60.0
+EXPIRY_MARGIN_SHARE = 0.1  # ...but never more than this share of a short lifetime
 
 
 class BearerToken(httpx.Auth):
@@ -57,11 +58,12 @@ class OAuthRefresh(httpx.Auth):
         self._clock = clock
         self._access_token: str | None = None
         self._expires_at = 0.0
+        self._margin = EXPIRY_MARGIN_S
         self._lock = threading.Lock()
         self.refreshes = 0
 
     def _needs_refresh(self) -> bool:
-        return self._access_token is None or self._clock() >= self._expires_at - EXPIRY_MARGIN_S
+        return self._access_token is None or self._clock() >= self._expires_at - self._margin
 
     def _token_request(self) -> httpx.Request:
         return httpx.Request(
@@ -98,6 +100,7 @@ class OAuthRefresh(httpx.Auth):
         expires_in = body.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
         self._expires_at = self._clock() + lifetime
+        self._margin = min(EXPIRY_MARGIN_S, lifetime * EXPIRY_MARGIN_SHARE)
         self.refreshes += 1
 
     def _refresh(self) -> Generator[httpx.Request, httpx.Response, None]:
