@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from syncd import __version__
 from syncd.config import Settings, load_settings
 from syncd.errors import DatabaseUnavailable, SyncdError
+from syncd.simulators.cli import simulate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -143,8 +144,7 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
     settings = ctx.settings
     if not settings.sources:
         raise SyncdError(
-            "no sources configured: add [[sources]] to syncd.toml (see README) "
-            "or try `syncd demo`"
+            "no sources configured: add [[sources]] to syncd.toml (see README) or try `syncd demo`"
         )
     sources = [settings.source(name) for name in names] if names else list(settings.sources)
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
@@ -242,6 +242,9 @@ def _duration(seconds: float) -> str:
         if abs(seconds) >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+cli.add_command(simulate)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
