@@ -3,8 +3,9 @@
 The engine knows nothing about any vendor. It asks the connector for pages and
 commits each page's rows with the cursor that follows them, so a pass stopped
 anywhere (exception, SIGKILL, power loss) resumes on the next run from the
-last committed page without losing or duplicating anything, and memory holds
-one page at a time.
+last committed page without losing or duplicating anything. The connector
+runs one page ahead in a thread (:mod:`syncd.prefetch`) so fetching overlaps
+writing; memory holds a couple of pages, whatever the backlog.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from syncd import __version__
 from syncd.config import SourceConfig
 from syncd.db.store import Store, WriteResult
 from syncd.errors import SourceError
+from syncd.prefetch import prefetched
 from syncd.sources import source_class
 from syncd.sources.base import Source, SourceContext
 
@@ -107,7 +109,7 @@ def _locked_pass(
     try:
         with make_client(config, transport) as client:
             source = build_source(config, client, store, clock)
-            for page in source.pages(cursor, now):
+            for page in prefetched(source.pages(cursor, now)):
                 written = store.write_page(
                     config.name, page.records, page.rejected, page.cursor, clock()
                 )
