@@ -59,7 +59,12 @@ DOORFLOW_CODES: list[tuple[int, str, str, str | None]] = [
     (23, "Rejected (Tamper)", "access_denied", "guide: Access Denied (No Permission)"),
     (24, "Rejected (Unauthorised PIN)", "access_denied", "guide: Access Denied (Outside Schedule)"),
     (25, "Rejected (Timeout)", "access_denied", "guide: Access Denied (Invalid Credential)"),
-    (26, "Rejected (Invalid credential type)", "access_denied", "guide: Access Denied (Expired Reservation)"),
+    (
+        26,
+        "Rejected (Invalid credential type)",
+        "access_denied",
+        "guide: Access Denied (Expired Reservation)",
+    ),
     (27, "Rejected (Unauthorised)", "access_denied", None),
     (28, "Rejected (Passback detected)", "access_denied", None),
     (29, "Rejected (Offline)", "access_denied", None),
@@ -77,10 +82,20 @@ DOORFLOW_CODES: list[tuple[int, str, str, str | None]] = [
     *[
         (code, f"Remote control event ({code})", "remote_control", note)
         for code, note in [
-            (50, None), (51, None), (52, None), (53, None), (54, None), (55, None),
-            (56, None), (57, None), (58, None), (59, None),
-            (60, "guide: Sync Started"), (61, "guide: Sync Completed"),
-            (62, "guide: Sync Failed"), (63, None),
+            (50, None),
+            (51, None),
+            (52, None),
+            (53, None),
+            (54, None),
+            (55, None),
+            (56, None),
+            (57, None),
+            (58, None),
+            (59, None),
+            (60, "guide: Sync Started"),
+            (61, "guide: Sync Completed"),
+            (62, "guide: Sync Failed"),
+            (63, None),
         ]
     ],
     (70, "Admitted (Multi-factor)", "access_granted", "guide: Configuration Change"),
