@@ -10,8 +10,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   newest ``event_time`` seen: an offline system holds ``least_sync_time``
   back, and when it comes back online its buffered events appear with their
   *old* ``event_time``; a cursor past them would skip them forever.
-  ``from_date`` is inclusive on the server: events at the boundary are read
-  again and deduplicated by the store's upsert on ``event_key``.
+  ``from_date`` is inclusive on the server (and sent rounded down to the
+  second): events at the boundary are read again and deduplicated by the
+  store's upsert on ``event_key``.
 - **The horizon of a pass is the minimum ``least_sync_time`` reported during
   it** (in practice the first page's snapshot), never the last page's. A
   continuation position only moves forward through the list while a system
@@ -55,7 +56,8 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   because a page holds up to 1000 events and arrivals do not keep pace.
 - Retries, 429 waits, 5xx/timeouts/dropped connections and non-JSON bodies
   are all :func:`syncd.sources.http.send`'s business. A JSON body without an
-  ``events`` list, or ``has_more`` without a key, fails the pass.
+  ``events`` list or a boolean ``has_more``, ``has_more`` without a key, or
+  the same key handed back (an endless loop) fails the pass.
 """
 
 from __future__ import annotations
@@ -366,7 +368,9 @@ class IntServSource:
 
     def request_body(self, current: PassState) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "from_date": canonical_time(current.from_date),
+            # Whole seconds, rounded down: only ever re-reads, and no server
+            # has to parse sub-second precision.
+            "from_date": canonical_time(current.from_date.replace(microsecond=0)),
             "limit": min(self.config.page_size, MAX_LIMIT),
             **self._filters(),
         }
@@ -404,8 +408,9 @@ class IntServSource:
             state = begin_pass(state, scope)
         restarts = 0
         while state.current is not None:
+            current = state.current
             try:
-                response = self._list(state.current)
+                response = self._list(current)
             except ContinuationRejected as exc:
                 restarts += 1
                 if restarts > MAX_RESTARTS:
@@ -418,10 +423,12 @@ class IntServSource:
                     source=self.config.name,
                     reason="continuation key rejected",
                     restarts=restarts,
-                    from_date=canonical_time(state.current.from_date),
+                    from_date=canonical_time(current.from_date),
                 )
                 state = restart_pass(state)
                 continue
+            if response.has_more and response.continuation_key == current.continuation_key:
+                raise SourceError("IntServ answered with the continuation_key it was sent")
             records, rejected = normalize_page(response.events, self.context.codes)
             state = after_page(
                 state, response.least_sync_time, response.has_more, response.continuation_key
