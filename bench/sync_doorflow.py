@@ -166,17 +166,29 @@ def main() -> None:
     args = parser.parse_args()
     runs: list[Run] = []
     for size in (int(s) for s in args.sizes.split(",")):
-        with simulator(args.kind, size) as (base_url, secret):
-            with fresh_database(args.database_url) as url:
-                seconds, rss = syncd_sync(args.kind, base_url, secret, url)
-                rows = count_rows(url)
-                runs.append(Run(f"syncd sync ({args.kind})", rows, seconds, rss))
-            if args.kind == "doorflow" and not args.no_baseline:
-                with fresh_database(args.database_url) as url:
-                    env = {**os.environ}
-                    argv = [sys.executable, __file__, "--_baseline", base_url, secret, url]
-                    seconds, rss, _ = run_child(argv, env)
-                    runs.append(Run("bare fetch + COPY 3 columns", size, seconds, rss))
+        runs.append(measure_sync(args.kind, size, args.database_url))
+        if args.kind == "doorflow" and not args.no_baseline:
+            with (
+                simulator(args.kind, size) as (base_url, secret),
+                fresh_database(args.database_url) as url,
+            ):
+                argv = [sys.executable, __file__, "--_baseline", base_url, secret, url]
+                seconds, rss, _ = run_child(argv, dict(os.environ))
+                runs.append(Run("bare fetch + COPY 3 columns", size, seconds, rss))
+    print_runs(runs)
+
+
+def measure_sync(kind: str, size: int, database_url: str) -> Run:
+    """One cold `syncd sync` of ``size`` simulator events of ``kind``."""
+    with simulator(kind, size) as (base_url, secret), fresh_database(database_url) as url:
+        seconds, rss = syncd_sync(kind, base_url, secret, url)
+        rows = count_rows(url)
+    if rows != size:
+        raise SystemExit(f"{kind}: expected {size} rows, the table has {rows}")
+    return Run(f"syncd sync ({kind})", rows, seconds, rss)
+
+
+def print_runs(runs: list[Run]) -> None:
     print(f"\n{'what':34} {'events':>9} {'seconds':>8} {'events/s':>9} {'peak RSS MB':>12}")
     for run in runs:
         print(f"{run.label:34} {run.events:>9} {run.seconds:>8.1f} {run.rate:>9.0f} "
