@@ -244,6 +244,46 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+@cli.command()
+@click.option(
+    "--passes",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Sync passes before the report (new events, a fault and late events between them).",
+)
+@click.option("--keep-running", is_flag=True, help="After the report, keep polling until Ctrl-C.")
+@click.option(
+    "--interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="S",
+    help="Seconds between polls with --keep-running.",
+)
+@pass_context
+def demo(ctx: Context, passes: int, keep_running: bool, interval: float) -> None:
+    """Zero-config tour: sync both simulators into the database and report."""
+    from syncd.demo import run_demo
+    from syncd.logging import configure_logging
+
+    root = click.get_current_context().find_root().params
+    if root.get("log_level") is None:  # the report, not log lines (SYNCD_LOG_LEVEL still wins)
+        log_format = root.get("log_format")
+        configure_logging(
+            level="warning", json=None if log_format is None else log_format == "json"
+        )
+    status = run_demo(
+        lambda: _ready_engine(ctx, migrate_if_empty=True),
+        ctx.settings,
+        passes=passes,
+        keep_running=keep_running,
+        interval=interval,
+    )
+    if status:
+        raise SystemExit(status)
+
+
 cli.add_command(simulate)
 
 
