@@ -67,7 +67,7 @@ pass_context = click.make_pass_decorator(Context)
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Log level (else $SYNCD_LOG_LEVEL, else info).",
+    help="Log level (else $SYNCD_LOG_LEVEL, else error: only the outcome is printed).",
 )
 @click.option(
     "--log-format",
@@ -87,8 +87,11 @@ def cli(
     """Copy access-control events from vendor clouds into SQL, exactly once."""
     from syncd.logging import configure_logging
 
+    # One-shot commands are quiet unless asked: their outcome is printed, and
+    # a failure is one clear line on stderr. `--log-level info` shows every
+    # page and pass as structured events.
     configure_logging(
-        level=log_level or "info",
+        level=log_level or "error",
         json=None if log_format is None else log_format == "json",
     )
     ctx.obj = Context(config_path, database_url)

@@ -157,7 +157,9 @@ def _failed(
     message = f"{type(exc).__name__}: {exc}"
     store.record_failure(config.name, message, clock())
     duration = time.perf_counter() - started
-    log.error(
+    # A warning, not an error: the caller reports the failure (the CLI's one
+    # line, the daemon's metrics); the log keeps the details.
+    log.warning(
         "pass_failed",
         source=config.name,
         error_type=type(exc).__name__,

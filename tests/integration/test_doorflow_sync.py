@@ -213,7 +213,7 @@ def _write_config(tmp_path: Path, sim: DoorFlowSimulator, **extra: str) -> Path:
 
 
 def _syncd(config: Path, database_url: str, token: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DOORFLOW_TOKEN": token, "SYNCD_LOG_FORMAT": "json"}
+    env = {**os.environ, "DOORFLOW_TOKEN": token}
     return subprocess.Popen(
         [sys.executable, "-m", "syncd.cli", "--config", str(config),
          "--database-url", database_url, "sync"],
@@ -258,10 +258,9 @@ def test_a_wrong_token_is_one_clear_line_and_never_printed(pg_url: str, tmp_path
         process = _syncd(config, pg_url, wrong)
         out, err = process.communicate(timeout=60)
     assert process.returncode == 1
-    problem = [line for line in err.splitlines() if line.startswith("syncd:")]
-    assert problem == [problem[0]]
-    assert "hq failed" in problem[0]
-    assert "401" in problem[0]
+    (problem,) = err.strip().splitlines()
+    assert problem.startswith("syncd: hq failed")
+    assert "401" in problem
     assert "Traceback" not in err
     assert wrong not in out
     assert wrong not in err
