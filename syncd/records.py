@@ -6,6 +6,7 @@ writes them without knowing which vendor they came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,3 +94,33 @@ def required_int(value: Any, field: str) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     raise MalformedRecord(f"{field} missing or not an integer")
+
+
+def split_page(
+    items: Iterable[Any], normalize: Callable[[Any], EventRecord], *time_fields: str
+) -> tuple[list[EventRecord], list[RejectedRecord]]:
+    """Normalize a page; each record that cannot be becomes a RejectedRecord.
+
+    A rejected record keeps the first readable time among ``time_fields``, so
+    it still counts where vendor and local counts are compared.
+    """
+    records: list[EventRecord] = []
+    rejected: list[RejectedRecord] = []
+    for raw in items:
+        try:
+            records.append(normalize(raw))
+        except MalformedRecord as exc:
+            rejected.append(RejectedRecord(str(exc), raw, readable_time(raw, time_fields)))
+    return records, rejected
+
+
+def readable_time(raw: Any, fields: Iterable[str]) -> datetime | None:
+    if not isinstance(raw, dict):
+        return None
+    for field in fields:
+        if raw.get(field) is not None:
+            try:
+                return parse_time(raw[field], field)
+            except MalformedRecord:
+                return None
+    return None

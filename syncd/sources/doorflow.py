@@ -58,6 +58,7 @@ from syncd.records import (
     optional_text,
     parse_time,
     required_int,
+    split_page,
 )
 from syncd.sources.auth import BearerToken, OAuthRefresh
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
@@ -149,24 +150,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    records: list[EventRecord] = []
-    rejected: list[RejectedRecord] = []
-    for raw in items:
-        try:
-            records.append(from_api(raw, codes))
-        except MalformedRecord as exc:
-            rejected.append(RejectedRecord(str(exc), raw, _best_effort_time(raw)))
-    return records, rejected
-
-
-def _best_effort_time(raw: Any) -> datetime | None:
-    """The record's time if it has a readable one, so reconciliation can count it."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return parse_time(_first(raw, "created_at", "occurred_at"), "created_at")
-    except MalformedRecord:
-        return None
+    return split_page(items, lambda raw: from_api(raw, codes), "created_at", "occurred_at")
 
 
 # -- the cursor and paging arithmetic (pure) -----------------------------------

@@ -79,6 +79,7 @@ from syncd.records import (
     optional_text,
     parse_time,
     required_int,
+    split_page,
 )
 from syncd.sources.auth import BearerToken
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
@@ -184,23 +185,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    records: list[EventRecord] = []
-    rejected: list[RejectedRecord] = []
-    for raw in items:
-        try:
-            records.append(from_api(raw, codes))
-        except MalformedRecord as exc:
-            rejected.append(RejectedRecord(str(exc), raw, _best_effort_time(raw)))
-    return records, rejected
-
-
-def _best_effort_time(raw: Any) -> datetime | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return parse_time(raw.get("event_time"), "event_time")
-    except MalformedRecord:
-        return None
+    return split_page(items, lambda raw: from_api(raw, codes), "event_time")
 
 
 # -- the cursor arithmetic (pure) ----------------------------------------------
