@@ -222,17 +222,21 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         click.echo("no sources configured and nothing synced yet")
         return
     table = Table(title="syncd status")
-    for column in ("source", "kind", "rows", "rejected", "lag", "last success", "last error"):
-        table.add_column(column)
+    table.add_column("source", no_wrap=True)
+    table.add_column("kind")
+    for column in ("rows", "rejected", "lag"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("last success", no_wrap=True)
+    table.add_column("last error")
     for row in rows:
         lag = row["lag_seconds"]
         table.add_row(
             row["source"],
-            row["kind"] or "(not configured)",
+            row["kind"] or "-",
             str(row["rows"]),
             str(row["rejected"]),
             "-" if lag is None else _duration(lag),
-            row["last_success_at"] or "never",
+            (row["last_success_at"] or "never")[:19].replace("T", " "),
             (row["last_error"] or "")[:80],
         )
     Console().print(table)
