@@ -22,7 +22,7 @@ import structlog
 
 from syncd import __version__
 from syncd.config import SourceConfig
-from syncd.db.store import Store, WriteResult
+from syncd.db.store import SourceState, Store, WriteResult
 from syncd.errors import SourceError
 from syncd.prefetch import prefetched
 from syncd.sources import source_class
@@ -59,9 +59,12 @@ def make_client(config: SourceConfig, transport: httpx.BaseTransport | None = No
 
 
 def build_source(
-    config: SourceConfig, client: httpx.Client, store: Store, clock: Clock = utcnow
+    config: SourceConfig,
+    client: httpx.Client,
+    store: Store,
+    state: SourceState,
+    clock: Clock = utcnow,
 ) -> Source:
-    state = store.load_state(config.name)
     context = SourceContext(
         codes=store.load_codes(config.kind),
         count_local=partial(store.count_events, config.name),
@@ -104,12 +107,12 @@ def _locked_pass(
     now = clock()
     total = WriteResult()
     pages = 0
-    cursor = store.load_state(config.name).cursor
-    log.info("pass_started", source=config.name, kind=config.kind, cursor=cursor)
+    state = store.load_state(config.name)
+    log.info("pass_started", source=config.name, kind=config.kind, cursor=state.cursor)
     try:
         with make_client(config, transport) as client:
-            source = build_source(config, client, store, clock)
-            for page in prefetched(source.pages(cursor, now)):
+            source = build_source(config, client, store, state, clock)
+            for page in prefetched(source.pages(state.cursor, now)):
                 written = store.write_page(
                     config.name, page.records, page.rejected, page.cursor, clock()
                 )

@@ -384,17 +384,7 @@ class Store:
     def load_state(self, source: str) -> SourceState:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(sync_state).where(sync_state.c.source == source)).first()
-        if row is None:
-            return SourceState(source=source, cursor={})
-        return SourceState(
-            source=source,
-            cursor=dict(row.cursor or {}),
-            last_success_at=row.last_success_at,
-            last_error=row.last_error,
-            last_error_at=row.last_error_at,
-            consecutive_failures=row.consecutive_failures,
-            refresh_token=row.refresh_token,
-        )
+        return SourceState(source=source, cursor={}) if row is None else _state(row)
 
     def load_codes(self, vendor: str) -> dict[int, CodeInfo]:
         query = sa.select(event_codes.c.code, event_codes.c.label, event_codes.c.category).where(
@@ -455,8 +445,7 @@ class Store:
 
     def all_states(self) -> dict[str, SourceState]:
         with self.engine.connect() as conn:
-            names = [row[0] for row in conn.execute(sa.select(sync_state.c.source))]
-        return {name: self.load_state(name) for name in names}
+            return {row.source: _state(row) for row in conn.execute(sa.select(sync_state))}
 
     # -- locking ---------------------------------------------------------------
 
@@ -523,6 +512,18 @@ class Store:
         if not database or database == ":memory:":
             return None
         return Path(f"{database}.{source}.lock")
+
+
+def _state(row: sa.Row[Any]) -> SourceState:
+    return SourceState(
+        source=row.source,
+        cursor=dict(row.cursor or {}),
+        last_success_at=row.last_success_at,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
+        consecutive_failures=row.consecutive_failures,
+        refresh_token=row.refresh_token,
+    )
 
 
 def _aggregate_time(value: datetime | str | None) -> datetime | None:
