@@ -341,7 +341,7 @@ class DoorFlowSource:
         self.config = config
         self.client = client
         self.context = context
-        self.policy = RetryPolicy(attempts=config.max_retries, max_wait=config.max_retry_wait)
+        self.policy = RetryPolicy.for_source(config)
         self.client.auth = self._auth()
 
     def _auth(self) -> httpx.Auth:

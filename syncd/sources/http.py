@@ -18,7 +18,7 @@ import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -29,9 +29,11 @@ from syncd.errors import (
     AuthError,
     RateLimited,
     RequestRejected,
-    SourceError,
     TransientError,
 )
+
+if TYPE_CHECKING:
+    from syncd.config import SourceConfig
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +44,11 @@ class RetryPolicy:
     max_wait: float = 60.0  # cap on any single wait, server-requested or not
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+    @classmethod
+    def for_source(cls, config: SourceConfig) -> RetryPolicy:
+        """The policy a source's configuration asks for (``max_retries``, ``max_retry_wait``)."""
+        return cls(attempts=config.max_retries, max_wait=config.max_retry_wait)
 
 
 def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
@@ -181,12 +188,7 @@ def _attempt(
 
 
 __all__ = [
-    "AuthError",
-    "RateLimited",
-    "RequestRejected",
     "RetryPolicy",
-    "SourceError",
-    "TransientError",
     "parse_json",
     "raise_for_status",
     "retry_after_seconds",
