@@ -30,6 +30,7 @@ import os
 import pkgutil
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -111,14 +112,19 @@ class SourceConfig:
     max_retries: int = 5
     max_retry_wait: float = 60.0
     reconcile_days: float = 7.0
+    reconcile_every: float = 3600.0
+    timezone: str = "UTC"
+    business_hours: tuple[time, time] = (time(6, 0), time(21, 0))
+    max_pass_duration: float = 3600.0
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """``[daemon]``: where ``syncd run`` serves HTTP."""
+    """``[daemon]``: where ``syncd run`` serves HTTP, and how many passes run at once."""
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 4
 
 
 @dataclass(frozen=True)
@@ -195,12 +201,16 @@ _SOURCE_PLAIN_KEYS = (
     "max_retries",
     "max_retry_wait",
     "reconcile_days",
+    "reconcile_every",
+    "timezone",
+    "business_hours",
+    "max_pass_duration",
 )
 _SOURCE_KEYS = frozenset(
     _SOURCE_PLAIN_KEYS + tuple(f"{k}_{how}" for k in _SECRET_KEYS for how in ("env", "file"))
 )
 _TOP_KEYS = frozenset({"database_url", "daemon", "sources"})
-_DAEMON_KEYS = frozenset({"listen"})
+_DAEMON_KEYS = frozenset({"listen", "workers"})
 
 # Which credentials each vendor accepts. A kind not listed here (a vendor being
 # added) is not checked: its connector reports what it lacks.
@@ -346,16 +356,22 @@ def _parse_daemon(value: object) -> DaemonConfig:
     if not isinstance(value, dict):
         raise ConfigError(f"daemon must be a table ([daemon]), got {_type_name(value)}")
     _check_keys(value, _DAEMON_KEYS, "daemon")
+    workers = value.get("workers", DaemonConfig.workers)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ConfigError(
+            f"daemon.workers must be an integer from 1 to 256 (passes run at once), "
+            f"got {_describe(workers)}"
+        )
     listen = value.get("listen")
     if listen is None:
-        return DaemonConfig()
+        return DaemonConfig(workers=workers)
     if not isinstance(listen, str):
         raise ConfigError(
             f'daemon.listen must be a string "host:port" such as "127.0.0.1:8080", '
             f"got {_type_name(listen)}"
         )
     host, port = _parse_listen(listen)
-    return DaemonConfig(host=host, port=port)
+    return DaemonConfig(host=host, port=port, workers=workers)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -447,6 +463,14 @@ def _parse_source(
     max_retries = p.integer("max_retries", 5, lambda v: v >= 1, "an integer >= 1 (attempts)")
     max_retry_wait = p.number("max_retry_wait", 60.0, lambda v: v >= 0, "a number of seconds >= 0")
     reconcile_days = p.number("reconcile_days", 7.0, lambda v: v >= 0, "a number of days >= 0")
+    reconcile_every = p.number(
+        "reconcile_every", 3600.0, lambda v: v > 0, "a number of seconds > 0"
+    )
+    max_pass_duration = p.number(
+        "max_pass_duration", 3600.0, lambda v: v > 0, "a number of seconds > 0"
+    )
+    timezone = _parse_timezone(table.get("timezone", "UTC"), label)
+    business_hours = _parse_business_hours(table.get("business_hours", "06:00-21:00"), label)
     granted = p.boolean("include_access_granted")
     denied = p.boolean("include_access_denied")
     start = _parse_start(table.get("start"), label)
@@ -492,7 +516,49 @@ def _parse_source(
         max_retries=max_retries,
         max_retry_wait=max_retry_wait,
         reconcile_days=reconcile_days,
+        reconcile_every=reconcile_every,
+        timezone=timezone,
+        business_hours=business_hours,
+        max_pass_duration=max_pass_duration,
     )
+
+
+def _parse_timezone(value: object, label: str) -> str:
+    """An IANA zone name that this machine's time-zone database knows."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f'{label}.timezone must be an IANA zone name such as "Europe/Stockholm", '
+            f"got {_describe(value)}"
+        )
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f'{label}.timezone {value!r} is not a known IANA zone (e.g. "Europe/Stockholm", '
+            '"America/New_York", "UTC")'
+        ) from exc
+    return value
+
+
+_HOURS_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def _parse_business_hours(value: object, label: str) -> tuple[time, time]:
+    """``"HH:MM-HH:MM"`` local; an end before the start wraps past midnight."""
+    bad = ConfigError(
+        f'{label}.business_hours must be "HH:MM-HH:MM" such as "06:00-21:00" '
+        f"(an end before the start wraps past midnight), got {_describe(value)}"
+    )
+    match = _HOURS_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise bad
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2 != 0):
+        raise bad
+    start, end = time(h1, m1), (time(0, 0) if h2 == 24 else time(h2, m2))
+    if start == end:
+        raise ConfigError(f"{label}.business_hours must not start and end at the same time")
+    return start, end
 
 
 def _parse_kind(table: dict[str, Any], label: str) -> str:

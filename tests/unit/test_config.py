@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -857,3 +857,60 @@ def test_bad_daemon_listen(tmp_path: Path, listen: str) -> None:
 def test_daemon_listen_wrong_type(tmp_path: Path) -> None:
     message = error(tmp_path, "[daemon]\nlisten = 8080\n")
     assert message.startswith("daemon.listen must be a string")
+
+
+# ----------------------------------------------------------------- service, history, BI
+
+
+def test_service_and_bi_defaults(tmp_path: Path) -> None:
+    settings = load(tmp_path, source())
+    src = settings.sources[0]
+    assert (src.reconcile_every, src.timezone, src.max_pass_duration) == (3600.0, "UTC", 3600.0)
+    assert src.business_hours == (time(6, 0), time(21, 0))
+    assert settings.daemon.workers == 4
+
+
+def test_service_and_bi_keys(tmp_path: Path) -> None:
+    text = "[daemon]\nworkers = 8\n" + source(
+        reconcile_every=600,
+        timezone="Europe/Stockholm",
+        business_hours="22:00-06:30",
+        max_pass_duration=120,
+    )
+    settings = load(tmp_path, text)
+    src = settings.sources[0]
+    assert (src.reconcile_every, src.timezone, src.max_pass_duration) == (
+        600.0,
+        "Europe/Stockholm",
+        120.0,
+    )
+    assert src.business_hours == (time(22, 0), time(6, 30))
+    assert settings.daemon.workers == 8
+
+
+def test_business_hours_until_midnight(tmp_path: Path) -> None:
+    src = load(tmp_path, source(business_hours="06:00-24:00")).sources[0]
+    assert src.business_hours == (time(6, 0), time(0, 0))
+
+
+@pytest.mark.parametrize("value", ["Mars/Olympus", "", 3, "../../etc/passwd"])
+def test_unknown_timezone(tmp_path: Path, value: object) -> None:
+    message = error(tmp_path, source(timezone=value))
+    assert message.startswith("sources[hq].timezone")
+
+
+@pytest.mark.parametrize("value", ["6-21", "06:00", "25:00-06:00", "06:60-07:00", 9, "08:00-08:00"])
+def test_bad_business_hours(tmp_path: Path, value: object) -> None:
+    message = error(tmp_path, source(business_hours=value))
+    assert message.startswith("sources[hq].business_hours must")
+
+
+@pytest.mark.parametrize("value", [0, 257, "4", True])
+def test_bad_workers(tmp_path: Path, value: object) -> None:
+    message = error(tmp_path, "[daemon]\nworkers = " + toml(value) + "\n" + source())
+    assert message.startswith("daemon.workers must be")
+
+
+@pytest.mark.parametrize("key", ["reconcile_every", "max_pass_duration"])
+def test_service_numbers_positive(tmp_path: Path, key: str) -> None:
+    assert error(tmp_path, source(**{key: 0})).startswith(f"sources[hq].{key} must be")
