@@ -41,6 +41,7 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -155,34 +156,48 @@ def normalize_page(
 
 # -- the cursor and paging arithmetic (pure) -----------------------------------
 
+MAX_RESTARTS = 3  # listing changes tolerated in one run before the pass fails
+
 
 @dataclass(frozen=True, slots=True)
 class PassState:
-    """Where a pass in progress stands: its fixed ``since`` and positions consumed."""
+    """Where one listing in progress stands: its fixed bounds and positions consumed.
+
+    ``until`` bounds a window read (backfill, reconciliation); a live pass has
+    none. ``per_page`` is the server's page size as last seen, ``stated`` whether
+    the server said so (header or ``pagination``) or it was inferred from the
+    rows served.
+    """
 
     since: datetime
     offset: int = 0
-    per_page: int | None = None  # the server's page size, once seen
-    order: str | None = None  # "asc" / "desc", once seen
+    per_page: int | None = None
+    stated: bool = False
     shape: str | None = None  # "array" / "object", once seen
+    until: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "since": self.since.isoformat(),
             "offset": self.offset,
             "per_page": self.per_page,
-            "order": self.order,
+            "stated": self.stated,
             "shape": self.shape,
         }
+        if self.until is not None:
+            data["until"] = self.until.isoformat()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassState:
+        until = data.get("until")
         return cls(
             since=datetime.fromisoformat(data["since"]),
             offset=int(data.get("offset", 0)),
             per_page=data.get("per_page"),
-            order=data.get("order"),
+            stated=bool(data.get("stated", data.get("per_page") is not None)),
             shape=data.get("shape"),
+            until=datetime.fromisoformat(until) if until else None,
         )
 
 
@@ -190,7 +205,7 @@ class PassState:
 class DoorFlowCursor:
     origin: datetime  # where the first pass began; nothing before it is wanted
     watermark: datetime | None = None  # newest created_at committed (never past a pass's now)
-    current: PassState | None = None  # a pass in progress
+    current: PassState | None = None  # a listing in progress
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -215,31 +230,34 @@ class DoorFlowCursor:
 
 
 def regular_since(cursor: DoorFlowCursor, lookback: timedelta) -> datetime:
-    """``since`` for a fresh pass: behind the watermark by the lookback, never before origin."""
+    """``since`` for a fresh listing: behind the watermark by the lookback, never before origin."""
     if cursor.watermark is None:
         return cursor.origin
     return max(cursor.origin, cursor.watermark - lookback)
 
 
-def reconcile_horizon(cursor: DoorFlowCursor, now: datetime, window: timedelta) -> datetime:
-    return max(cursor.origin, now - window)
+def listings_for_pass(cursor: DoorFlowCursor, lookback: timedelta) -> list[PassState]:
+    """The listings one pass reads, in order.
+
+    A fresh pass reads one listing from :func:`regular_since`. A pass that
+    resumes an interrupted listing finishes it first (its rows below the
+    watermark were never read: a newest-first listing commits its newest
+    page first) and then reads a fresh listing from the ``since`` the
+    watermark gives *now*, because rows that reached the list while the
+    process was down sit at positions the interrupted listing had already
+    consumed (the head of a newest-first list, or behind the read position
+    of an oldest-first one) and it would never see them.
+    """
+    fresh = PassState(regular_since(cursor, lookback))
+    if cursor.current is None:
+        return [fresh]
+    return [cursor.current, fresh]
 
 
 def page_number(state: PassState, requested: int) -> int:
     """The 1-based page holding position ``offset`` (rounding down: re-read, never skip)."""
     size = state.per_page or requested
     return state.offset // size + 1
-
-
-def detect_order(records: list[EventRecord]) -> str | None:
-    if len(records) < 2:
-        return None
-    first, last = records[0].occurred_at, records[-1].occurred_at
-    if first < last:
-        return "asc"
-    if first > last:
-        return "desc"
-    return None
 
 
 def advance_watermark(
@@ -265,7 +283,10 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
     """Both documented shapes: bare array + headers, or ``{events, pagination}``."""
     if isinstance(body, list):
         return ListResponse(
-            body, "array", _int_or_none(headers.get("Total")), _int_or_none(headers.get("Per-Page"))
+            body,
+            "array",
+            _int_or_none(headers.get("Total")),
+            _positive(_int_or_none(headers.get("Per-Page"))),
         )
     if isinstance(body, dict) and isinstance(body.get("events"), list):
         pagination = body.get("pagination")
@@ -274,7 +295,7 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
             body["events"],
             "object",
             _int_or_none(pagination.get("total_count")),
-            _int_or_none(pagination.get("per_page")),
+            _positive(_int_or_none(pagination.get("per_page"))),
         )
     raise SourceError("DoorFlow answered the events list with an unexpected JSON shape")
 
@@ -283,15 +304,19 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 
 
+def _positive(value: int | None) -> int | None:
+    return value if value else None
+
+
 @dataclass(frozen=True, slots=True)
 class PageStep:
-    """What to do after a page: the new pass state and whether the pass is done."""
+    """What to do after a page: the new listing state and whether it is done."""
 
     state: PassState
     done: bool
@@ -299,36 +324,73 @@ class PageStep:
     refetch: bool = False
 
 
-def step(
-    state: PassState,
-    page_no: int,
-    requested: int,
-    response: ListResponse,
-    records: list[EventRecord],
-) -> PageStep:
-    """Advance a pass over one fetched page (pure: the paging rules in one place)."""
-    per_page = response.per_page or requested
-    order = detect_order(records) or state.order
-    changed_shape = state.shape is not None and response.shape != state.shape
-    changed_order = state.order is not None and order != state.order
-    if changed_shape or changed_order:
-        # The server changed under the pass (page size or order): positions
-        # consumed so far mean nothing in the new listing. Start over.
-        fresh = PassState(state.since, 0, per_page, None, response.shape)
-        return PageStep(fresh, done=False, restarted=True)
-    start = (page_no - 1) * per_page
-    if start > state.offset:
-        # The server's pages are larger than assumed: this page starts past
-        # what was consumed. Fetch the page that holds the offset instead.
-        return PageStep(
-            replace(state, per_page=per_page, shape=response.shape), False, refetch=True
-        )
+def served_page_size(state: PassState, requested: int, response: ListResponse) -> tuple[int, bool]:
+    """The page size the server used for this response, and whether it said so.
+
+    A stated size smaller than the rows actually served is a lie: the rows
+    win. Without a statement, the rows served are the best evidence: more
+    than requested means the server pages bigger; fewer may be the end of
+    the list or a silent cap, which only an empty page can tell apart.
+    """
     count = len(response.items)
+    if response.per_page is not None and response.per_page >= count:
+        return response.per_page, True
+    assumed = state.per_page or requested
+    if count == 0:
+        return assumed, False
+    return count, False
+
+
+def step(state: PassState, page_no: int, requested: int, response: ListResponse) -> PageStep:
+    """Advance a listing over one fetched page (pure: the paging rules in one place).
+
+    - Positions are list offsets, computed from what the server served, never
+      from what was asked for.
+    - The listing ends on an empty page, or on a short one when the server
+      stated its page size. ``Total`` is a hint for progress, never a reason
+      to stop: a server whose total runs low would otherwise end the pass early.
+    - A response of another shape is another listing (a flavor switch: another
+      order, another page size); positions consumed mean nothing there, so the
+      listing starts over. The caller bounds how often. The order of one
+      flavor is taken to be fixed (the guide's list is newest first whatever
+      is asked; the reference honours ``sort`` or not): guessing an order
+      change from the times served misfires on a list ordered by id, where a
+      late upload at a page edge looks like one, and restarted such a pass
+      forever.
+    """
+    if state.shape is not None and response.shape != state.shape:
+        return PageStep(PassState(state.since, until=state.until), done=False, restarted=True)
+    count = len(response.items)
+    size, stated = served_page_size(state, requested, response)
+    assumed = state.per_page or requested
+    start = (page_no - 1) * (size if stated else assumed)
+    if start > state.offset:
+        # The server's pages are larger than the page number assumed: this
+        # page starts past what was consumed. Fetch the page holding the offset.
+        return PageStep(
+            replace(state, per_page=size, stated=stated, shape=response.shape), False, refetch=True
+        )
     offset = max(state.offset, start + count)
-    new = PassState(state.since, offset, per_page, order, response.shape)
-    short = count < per_page
-    reached_total = response.total is not None and start + count >= response.total
-    return PageStep(new, done=count == 0 or short or reached_total)
+    new = replace(state, offset=offset, per_page=size, stated=stated, shape=response.shape)
+    done = count == 0 or (stated and count < size)
+    return PageStep(new, done=done)
+
+
+def past_window(records: list[EventRecord], until: datetime | None, count: int) -> bool:
+    """A window read may stop once a whole ascending page lies at or past ``until``.
+
+    Read oldest first, everything after such a page is later still. The page
+    must itself show the ascending order (its times rise from first to last):
+    a server that ignores ``sort=ASC`` serves the newest rows first, and those
+    lie past the window too. One page of evidence, rather than one row, keeps
+    a slightly disordered listing (a late upload at a page edge) from ending
+    the window early.
+    """
+    if until is None or count < 2 or len(records) < count:
+        return False
+    times = [r.occurred_at for r in records]
+    ascending = times[0] < times[-1] and all(a <= b for a, b in itertools.pairwise(times))
+    return ascending and times[0] >= until
 
 
 # -- the connector ---------------------------------------------------------------
@@ -343,6 +405,7 @@ class DoorFlowSource:
         self.context = context
         self.policy = RetryPolicy.for_source(config)
         self.client.auth = self._auth()
+        self.listed_codes: frozenset[int] | None = frozenset(ALL_EVENT_CODES)
 
     def _auth(self) -> httpx.Auth:
         config = self.config
@@ -363,8 +426,10 @@ class DoorFlowSource:
 
     # -- requests --
 
-    def _params(self, since: datetime, page: int, size: int, sort: str) -> list[tuple[str, Any]]:
-        stamp = since.isoformat().replace("+00:00", "Z")
+    def _params(
+        self, since: datetime, page: int, size: int, sort: str, until: datetime | None = None
+    ) -> list[tuple[str, Any]]:
+        stamp = _stamp(since)
         params: list[tuple[str, Any]] = [
             ("since", stamp),
             ("since_utc", stamp),
@@ -374,11 +439,20 @@ class DoorFlowSource:
             ("page", page),
             ("event_codes", ",".join(map(str, ALL_EVENT_CODES))),
         ]
+        if until is not None:
+            params.append(("until_utc", _stamp(until)))
         params.extend(("event_code", code) for code in ALL_EVENT_CODES)
         return params
 
-    def _list(self, since: datetime, page: int, size: int, sort: str = "ASC") -> ListResponse:
-        params = self._params(since, page, size, sort)
+    def _list(
+        self,
+        since: datetime,
+        page: int,
+        size: int,
+        sort: str = "ASC",
+        until: datetime | None = None,
+    ) -> ListResponse:
+        params = self._params(since, page, size, sort, until)
         response, body = send(
             self.client,
             lambda c: c.get(EVENTS_PATH, params=params),
@@ -387,72 +461,96 @@ class DoorFlowSource:
         )
         return read_list_response(body, response.headers)
 
-    def vendor_count(self, since: datetime) -> int | None:
-        """The vendor's count of events since ``since`` (one tiny request)."""
+    def count_since(self, since: datetime) -> int | None:
+        """The vendor's count of events created at or after ``since`` (one tiny request)."""
         return self._list(since, page=1, size=1, sort="DESC").total
 
-    def deficit(self, since: datetime, until: datetime) -> int | None:
-        """Vendor count minus local count of events with ``since <= created_at < until``.
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """The vendor's count of events with ``since <= created_at < until``.
 
         The reference API has no ``until``, so this is the difference of two
         counts. The upper bound is asked first: an event arriving between the
-        two requests can then only make the deficit look larger (an extra
-        re-read), never hide one.
+        two requests can then only make the count look larger (an extra
+        re-read), never hide a missing event.
         """
-        if self.context.count_local is None or until <= since:
-            return None
-        above_until = self.vendor_count(until)
-        above_since = self.vendor_count(since)
+        if until <= since:
+            return 0
+        above_until = self.count_since(until)
+        above_since = self.count_since(since)
         if above_until is None or above_since is None:
             return None
-        return (above_since - above_until) - int(self.context.count_local(since, until))
+        return max(0, above_since - above_until)
 
     # -- a pass --
 
     def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)
         state = DoorFlowCursor.from_json(cursor, start)
-        if state.current is None:
-            state = self._plan(state, now)
-        yield from self._read(state, now)
+        listings = listings_for_pass(state, timedelta(seconds=self.config.lookback))
+        if len(listings) > 1:
+            log.info(
+                "pass_resumed",
+                source=self.config.name,
+                since=listings[0].since.isoformat(),
+                offset=listings[0].offset,
+            )
+        for index, listing in enumerate(listings):
+            then = listings[index + 1] if index + 1 < len(listings) else None
+            state = replace(state, current=listing)
+            for records, rejected, current, done in self._read(listing, now):
+                watermark = advance_watermark(state.watermark, records, now)
+                state = replace(state, watermark=watermark, current=then if done else current)
+                yield Page(records, rejected, state.to_json())
 
-    def _plan(self, cursor: DoorFlowCursor, now: datetime) -> DoorFlowCursor:
-        """Choose a fresh pass's ``since``: behind the watermark, or the horizon."""
-        since = regular_since(cursor, timedelta(seconds=self.config.lookback))
-        horizon = reconcile_horizon(cursor, now, timedelta(days=self.config.reconcile_days))
-        if cursor.watermark is not None and horizon < since:
-            deficit = self.deficit(horizon, since)
-            unplaced = self.context.count_unplaced() if self.context.count_unplaced else 0
-            if deficit is not None and deficit > unplaced:
-                log.info(
-                    "reconcile_needed",
-                    source=self.config.name,
-                    vendor_minus_local=deficit,
-                    unplaced_rejects=unplaced,
-                    since=horizon.isoformat(),
-                )
-                since = horizon
-        return replace(cursor, current=PassState(since))
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Read ``[since, until)`` once, oldest first; ``Page.cursor`` is the position in it.
 
-    def _read(self, cursor: DoorFlowCursor, now: datetime) -> Iterator[Page]:
+        ``position`` is a cursor this method yielded earlier (resume), or empty.
+        The live cursor is never read nor moved. Rows outside the window that
+        the server serves anyway are real events and are stored too.
+        """
+        listing = (
+            PassState.from_json(position["pass"])
+            if position.get("pass")
+            else PassState(since, until=until)
+        )
+        for records, rejected, current, done in self._read(listing, now):
+            yield Page(records, rejected, {"done": True} if done else {"pass": current.to_json()})
+
+    def _read(
+        self, listing: PassState, now: datetime
+    ) -> Iterator[tuple[list[EventRecord], list[RejectedRecord], PassState, bool]]:
+        """One listing page by page: (records, rejected, state after the page, done)."""
         size = self.config.page_size
-        current = cursor.current
-        assert current is not None
+        current = listing
+        restarts = 0
         while True:
             page_no = page_number(current, size)
-            response = self._list(current.since, page_no, size)
-            records, rejected = normalize_page(response.items, self.context.codes)
-            move = step(current, page_no, size, response, records)
+            response = self._list(current.since, page_no, size, until=current.until)
+            move = step(current, page_no, size, response)
             if move.restarted:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise SourceError(
+                        f"DoorFlow's listing changed shape {restarts} times in one pass "
+                        "(array vs {events, pagination}); positions in it cannot be trusted, "
+                        "so the pass stops here and starts the listing again next time"
+                    )
                 log.warning("pass_restarted", source=self.config.name, reason="listing changed")
             current = move.state
             if move.refetch or move.restarted:
                 continue
-            watermark = advance_watermark(cursor.watermark, records, now)
-            cursor = replace(cursor, watermark=watermark, current=None if move.done else current)
-            yield Page(records, rejected, cursor.to_json())
-            if move.done:
+            records, rejected = normalize_page(response.items, self.context.codes)
+            done = move.done or past_window(records, current.until, len(response.items))
+            yield records, rejected, current, done
+            if done:
                 return
+
+
+def _stamp(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 SOURCE = DoorFlowSource

@@ -204,24 +204,30 @@ class PassState:
     continuation_key: str | None = None
     horizon: datetime | None = None  # min least_sync_time reported in this pass
     scope: str = ""
+    to_date: datetime | None = None  # a window read's end (backfill); live passes send none
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "from_date": canonical_time(self.from_date),
             "continuation_key": self.continuation_key,
             "horizon": canonical_time(self.horizon) if self.horizon else None,
             "scope": self.scope,
         }
+        if self.to_date is not None:
+            data["to_date"] = canonical_time(self.to_date)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassState:
         horizon = data.get("horizon")
         key = data.get("continuation_key")
+        to_date = data.get("to_date")
         return cls(
             from_date=_parse_stored(data["from_date"]),
             continuation_key=str(key) if key else None,
             horizon=_parse_stored(horizon) if horizon else None,
             scope=str(data.get("scope", "")),
+            to_date=_parse_stored(to_date) if to_date else None,
         )
 
 
@@ -359,6 +365,8 @@ class IntServSource:
             "limit": min(self.config.page_size, MAX_LIMIT),
             **self._filters(),
         }
+        if current.to_date is not None:
+            body["to_date"] = canonical_time(current.to_date)
         if current.continuation_key is not None:
             body["continuation_key"] = current.continuation_key
         return body
@@ -382,7 +390,66 @@ class IntServSource:
 
     # -- a pass --
 
+    listed_codes: frozenset[int] | None = None  # every type is listed
+
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """IntServ has no count: ``least_sync_time`` is its completeness guarantee."""
+        return None
+
     def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
+        """One pass; a pass resumed after a crash is followed by a fresh one.
+
+        The resumed part walks on from its continuation key, so events that
+        reached the list behind that position while the process was down
+        (an offline system's upload, still above the committed horizon)
+        are only read by a pass that starts at the horizon again.
+        """
+        stored = cursor.get("pass") if cursor else None
+        resumed = stored is not None and PassState.from_json(stored).scope == self.scope()
+        last: Cursor = cursor
+        for page in self._pass(cursor, now):
+            last = page.cursor
+            yield page
+        if resumed and not last.get("pass"):
+            log.info("pass_resumed_then_fresh", source=self.config.name)
+            yield from self._pass(last, now)
+
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Read ``[since, until)`` once (``from_date``/``to_date``); resumable by key.
+
+        ``Page.cursor`` is the position in the window; the live cursor and its
+        ``least_sync_time`` are never read nor moved. A rejected key restarts
+        the window from ``since`` (bounded, like a pass).
+        """
+        scope = self.scope()
+        stored = position.get("pass") if position else None
+        current = (
+            PassState.from_json(stored)
+            if stored and PassState.from_json(stored).scope == scope
+            else PassState(from_date=since, scope=scope, to_date=until)
+        )
+        restarts = 0
+        while True:
+            try:
+                response = self._list(current)
+            except ContinuationRejected:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise
+                current = PassState(from_date=since, scope=scope, to_date=until)
+                continue
+            records, rejected = normalize_page(response.events, self.context.codes)
+            if not response.has_more:
+                yield Page(records, rejected, {"done": True})
+                return
+            if response.continuation_key == current.continuation_key:
+                raise SourceError("IntServ answered with the continuation_key it was sent")
+            current = replace(current, continuation_key=response.continuation_key)
+            yield Page(records, rejected, {"pass": current.to_json()})
+
+    def _pass(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)
         state = IntServCursor.from_json(cursor, start)
         scope = self.scope()

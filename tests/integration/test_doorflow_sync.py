@@ -183,15 +183,22 @@ def test_late_events_older_than_the_lookback_are_found_by_reconciliation(
         malformed_share=0.02,
     )
     with sim, capture_logs() as logs:
-        config = doorflow_config(sim)
+        config = doorflow_config(sim, reconcile_every=600)
         assert run_pass(pg_store, config, clock=clock.now).ok
         for _ in range(8):
             clock.advance(120)
             sim.generate(60)
             assert run_pass(pg_store, config, clock=clock.now).ok
+        # Late uploads keep coming: the reconciliation due after the last of
+        # them finds what the lookback could not.
+        clock.advance(600)
+        result = run_pass(pg_store, config, clock=clock.now)
+        assert result.ok
+        assert result.reconciled is not None
         assert_matches_truth(pg_store, "hq", sim)
-    # The lookback alone could not have found them.
-    assert any(entry["event"] == "reconcile_needed" for entry in logs)
+    found = [e["found"] for e in logs if e["event"] == "reconcile_finished"]
+    assert len(found) >= 2  # every 10 minutes of the 26 simulated
+    assert sum(found) > 0  # the lookback alone could not have found them
 
 
 def _write_config(tmp_path: Path, sim: DoorFlowSimulator, **extra: str) -> Path:
@@ -234,8 +241,15 @@ def test_sigkill_mid_pass_loses_and_duplicates_nothing(
         rng = random.Random(2)
         killed = 0
         for _ in range(4):
+            before = len(stored(pg_store, "hq"))
             process = _syncd(config, pg_url, sim.token)
-            time.sleep(rng.uniform(0.6, 1.6))
+            # Kill it once it has committed something (however slow the
+            # machine is to start it), at a random point after that.
+            deadline = time.monotonic() + 60
+            while len(stored(pg_store, "hq")) == before and process.poll() is None:
+                assert time.monotonic() < deadline, "syncd committed nothing in 60 s"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.4))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 killed += 1
