@@ -107,6 +107,9 @@ DOORFLOW_LABELS: dict[int, str] = {
 DOORFLOW_CODES = tuple(sorted(DOORFLOW_LABELS))
 DOORFLOW_DEFAULT_CODES = frozenset(range(10, 30)) | frozenset(range(70, 74))
 """What ``GET /api/3/events`` returns when ``event_codes`` is omitted."""
+DOORFLOW_LISTABLE_CODES = frozenset(DOORFLOW_CODES) - frozenset(range(50, 64))
+"""What ``GET /api/3/events`` accepts in ``event_codes`` (DoorFlow's OpenAPI):
+every code but 50-63 (remote control), which exist yet cannot be listed."""
 
 DOORFLOW_PERSON_CODES = frozenset(
     [10, 11, 12, 14, 15, 17, 18, *range(20, 30), *range(50, 64), 70, 71, 72, 73]

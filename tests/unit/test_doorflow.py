@@ -26,7 +26,7 @@ from syncd.errors import AuthError, RequestRejected, TransientError
 from syncd.records import EventRecord, MalformedRecord, RejectedRecord
 from syncd.sources.base import CodeInfo, SourceContext
 from syncd.sources.doorflow import (
-    ALL_EVENT_CODES,
+    LISTABLE_EVENT_CODES,
     DoorFlowCursor,
     DoorFlowSource,
     ListResponse,
@@ -302,15 +302,15 @@ class MemoryStore:
         return {int(k): r.person_name for k, r in self.rows.items()}
 
 
-def test_a_pass_asks_for_every_code_oldest_first_with_both_parameter_families() -> None:
+def test_a_pass_asks_for_every_listable_code_oldest_first_with_both_parameter_families() -> None:
     fake = FakeDoorFlow()
     fake.add(T0)
     MemoryStore().run(fake, T0 + timedelta(hours=1), page_size=100, lookback=900)
     params = fake.requests[0].url.params
     assert params["sort"] == "ASC"
     assert params["since"] == params["since_utc"] == iso(T0)
-    assert params["event_codes"] == ",".join(map(str, ALL_EVENT_CODES))
-    assert [int(c) for c in params.get_list("event_code")] == list(ALL_EVENT_CODES)
+    assert params["event_codes"] == ",".join(map(str, LISTABLE_EVENT_CODES))
+    assert [int(c) for c in params.get_list("event_code")] == list(LISTABLE_EVENT_CODES)
     assert (params["n"], params["per_page"]) == ("100", "100")
     assert fake.requests[0].headers["Authorization"] == "Bearer t0ken"
 
