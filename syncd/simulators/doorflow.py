@@ -363,12 +363,14 @@ class DoorFlowSimulator(BaseSimulator):
             ]
         return {event["id"]: event for event in orjson.loads(b"[" + b",".join(parts) + b"]")}
 
-    def malformed(self) -> list[dict[str, Any]]:
-        """The malformed records visible so far, as served in the current flavor."""
+    def malformed(self, *, listable: bool = False) -> list[dict[str, Any]]:
+        """The malformed records visible so far, as served in the current flavor
+        (``listable``: only those of listable codes, as in :meth:`truth`)."""
         with self._lock:
             self._apply_due(self._now())
             render = self._renderer(self._flavor)
-            parts = [render(e) for e in self._all.items if e.bad]
+            codes = self.listable_codes if listable else _ALL_CODES
+            parts = [render(e) for e in self._all.items if e.bad and e.code in codes]
         result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(parts) + b"]")
         return result
 

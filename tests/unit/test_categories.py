@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from syncd.records import CATEGORIES
+from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 from syncd.sources import doorflow, intserv
 from syncd.sources.base import CodeInfo
 
@@ -65,6 +66,7 @@ def test_listable_codes_are_the_documented_ones() -> None:
     assert set(doorflow.LISTABLE_EVENT_CODES) == documented
     assert len(doorflow.LISTABLE_EVENT_CODES) == len(documented)
     assert not set(range(50, 64)) & set(doorflow.LISTABLE_EVENT_CODES)
+    assert set(doorflow.LISTABLE_EVENT_CODES) == DOORFLOW_LISTABLE_CODES  # the simulator's
 
 
 # -- IntServ --------------------------------------------------------------------
