@@ -185,11 +185,8 @@ def test_0002_recategorizes_stored_rows_and_its_downgrade_restores_them(
         with engine.connect() as conn:
             after = _categories(conn)
             new_intserv = _codes(conn, "intserv")
-            labels = dict(
-                conn.execute(
-                    sa.select(events.c.event_key, events.c.label).where(events.c.source == "m")
-                )
-            )
+            query = sa.select(events.c.event_key, events.c.label).where(events.c.source == "m")
+            labels = dict(conn.execute(query).all())
         expected = {f"df-{code}": doorflow.category(code) for code in range(301)}
         for i, (code, raw) in enumerate(INTSERV_CASES):
             field = None if raw is MISSING else raw
