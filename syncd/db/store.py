@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -33,6 +33,9 @@ import sqlalchemy as sa
 from syncd.db.schema import event_codes, events, rejected_events, sync_state
 from syncd.records import EventRecord, RejectedRecord
 from syncd.sources.base import CodeInfo
+
+if TYPE_CHECKING:
+    from syncd.engine import CursorSink
 
 # Columns a record fills, in COPY / executemany order.
 RECORD_COLUMNS = (
@@ -194,10 +197,14 @@ class Store:
         rejected: Sequence[RejectedRecord],
         cursor: Mapping[str, Any] | None,
         now: datetime,
+        *,
+        sink: CursorSink | None = None,
     ) -> WriteResult:
         """Store one page and the cursor after it in one transaction.
 
-        ``cursor`` None leaves the stored cursor as it is.
+        ``sink`` decides where the cursor goes (the live ``sync_state.cursor``
+        when None; a backfill window's position; nowhere). ``cursor`` None
+        leaves the stored position as it is.
         """
         unique = dedupe_newest(records)
         with self.engine.begin() as conn:
@@ -212,7 +219,10 @@ class Store:
                 inserted, updated = self._merge_sqlite(conn, source, unique, now)
             self._write_rejected(conn, source, rejected, now)
             if cursor is not None:
-                self._save_cursor(conn, source, dict(cursor), now)
+                if sink is None:
+                    self.save_cursor(conn, source, dict(cursor), now)
+                else:
+                    sink.save(conn, cursor, now)
         return WriteResult(
             inserted=inserted,
             updated=updated,
@@ -330,9 +340,10 @@ class Store:
 
         return sqlite_insert(table)
 
-    def _save_cursor(
+    def save_cursor(
         self, conn: sa.Connection, source: str, cursor: dict[str, Any], now: datetime
     ) -> None:
+        """Write the live cursor of ``source`` inside the caller's transaction."""
         insert = self._insert(sync_state).values(source=source, cursor=cursor, updated_at=now)
         conn.execute(
             insert.on_conflict_do_update(
