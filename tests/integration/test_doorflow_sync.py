@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from syncd.config import OAuthCredentials, Secret, SourceConfig
 from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
-from syncd.engine import run_pass
+from syncd.engine import SourceRuntime, run_pass
 from syncd.simulators import DoorFlowSimulator, Faults, SimClock
 from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 
@@ -217,15 +217,22 @@ def test_a_vendor_that_lists_fewer_codes_is_followed_and_logged_once(pg_store: S
         clock.advance(60)
         sim.generate(400)
         pages_before = sim.stats["pages"]
-        with capture_logs() as logs:
-            result = run_pass(pg_store, config, clock=clock.now)
-        assert result.ok, result.error
-        assert result.pages >= 2, "several requests after the drop"
-        assert sim.stats["pages"] - pages_before >= 2
+        # The daemon's way: one runtime (one connector) across passes.
+        with capture_logs() as logs, SourceRuntime.open(pg_store, config, clock=clock.now) as rt:
+            result = run_pass(pg_store, config, clock=clock.now, runtime=rt)
+            assert result.ok, result.error
+            assert result.pages >= 2, "several requests after the drop"
+            clock.advance(60)
+            sim.generate(50)
+            assert run_pass(pg_store, config, clock=clock.now, runtime=rt).ok
+        assert sim.stats["pages"] - pages_before >= 3
         assert sim.stats["unlistable_code_requests"] == 1  # one 400, then never again
         dropped = [e for e in logs if e["event"] == "event_codes_dropped"]
         assert len(dropped) == 1
         assert dropped[0]["codes"] == [90, 91]
+        # A one-shot pass builds its own connector: it meets the 400 once more.
+        assert run_pass(pg_store, config, clock=clock.now).ok
+        assert sim.stats["unlistable_code_requests"] == 2
         # Everything still listable is stored; tamper rows from before stay.
         truth = sim.truth(listable=True)
         table = stored(pg_store, "hq")
