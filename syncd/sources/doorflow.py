@@ -17,8 +17,17 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
   cursor after every page, so a crash resumes at the same page; if the
   server's page size or order changes under it (a flavor switch), the pass
   restarts at offset 0 rather than risk a skip.
-- Every event code is asked for explicitly: without ``event_codes`` the API
-  returns only admits and rejects.
+- Every *listable* event code is asked for explicitly: without
+  ``event_codes`` the API returns only admits and rejects, and naming a code
+  it does not list for this method (50-63, remote control, although such
+  events exist) is a ``400 bad_request`` "The following event codes are not
+  valid for this method: ...". Should a vendor shrink its list further, the
+  codes that 400 names are dropped for the life of the connector (logged once
+  as ``event_codes_dropped``) and the request is repeated: a shrunk list must
+  not stop syncd. Any other 400 fails the pass.
+- ``category`` is the vendor's own grouping (``category()``, DESIGN.md
+  "Categories"): 13 "Admitted (Request Exit)" is an admit. The label comes
+  from the event itself, else from ``event_codes``.
 - The watermark (newest ``created_at`` committed, never past ``now``) only
   becomes the next pass's ``since`` once a pass has finished, so the order
   the server returns (``sort=ASC`` honoured or not) does not matter.
@@ -42,7 +51,8 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -51,7 +61,7 @@ import httpx
 import orjson
 import structlog
 
-from syncd.errors import ConfigError, SourceError
+from syncd.errors import ConfigError, RequestRejected, SourceError
 from syncd.records import (
     EventRecord,
     MalformedRecord,
@@ -75,14 +85,15 @@ EVENTS_PATH = "/api/3/events"
 GUIDE_MAX_PER_PAGE = 500
 DEFAULT_FIRST_PASS = timedelta(days=7)
 
-# Every code the API reference lists; asked for explicitly on every request.
-ALL_EVENT_CODES: tuple[int, ...] = (
+# The codes ``GET /api/3/events`` accepts in ``event_codes`` (DoorFlow's
+# OpenAPI, FACTS.md): every code of the reference except 50-63 (remote
+# control), which that method answers with a 400. Asked for on every request.
+LISTABLE_EVENT_CODES: tuple[int, ...] = (
     *range(1, 4),
     *range(10, 19),
     *range(20, 30),
     *range(30, 38),
     *range(40, 43),
-    *range(50, 64),
     *range(70, 74),
     90,
     91,
@@ -92,6 +103,69 @@ ALL_EVENT_CODES: tuple[int, ...] = (
     224,
     225,
 )
+
+# The contract's categories (DESIGN.md "Categories"): the vendor's own grouping
+# of its codes, never a finer guess. ``event_codes`` is seeded to agree.
+_CATEGORY_RANGES: tuple[tuple[range, str], ...] = (
+    (range(1, 4), "device_status"),
+    (range(10, 19), "access_granted"),  # 13 "Admitted (Request Exit)" is an admit
+    (range(20, 30), "access_denied"),
+    (range(30, 31), "exit_request"),  # the button was pressed, no admit recorded
+    (range(31, 38), "door_state"),
+    (range(40, 43), "door_state"),  # automatic-unlock shift
+    (range(50, 64), "remote_control"),
+    (range(70, 71), "access_granted"),  # MFA admit
+    (range(71, 74), "access_denied"),  # MFA rejects
+    (range(90, 92), "tamper"),
+    (range(100, 108), "sync"),
+    (range(220, 226), "sync"),
+)
+
+
+def category(code: int) -> str:
+    """The category of a DoorFlow ``event_code``; ``other`` for any code not listed."""
+    for codes, name in _CATEGORY_RANGES:
+        if code in codes:
+            return name
+    return "other"
+
+
+_INVALID_CODES = re.compile(
+    r"\s*The following event codes are not valid for this method:"
+    r"\s*(\d+(?:\s*,\s*\d+)*)\s*\.?\s*",
+    re.IGNORECASE,
+)
+
+
+def invalid_event_codes(status: int | None, body: object) -> frozenset[int]:
+    """The codes a 400 names as not listable; empty for any other rejection.
+
+    Only a 400 whose ``error_description`` is exactly DoorFlow's sentence
+    ("The following event codes are not valid for this method: 50, 51")
+    counts: any other 400 is a real rejection and must fail the pass.
+    """
+    if status != 400 or not isinstance(body, dict):
+        return frozenset()
+    description = body.get("error_description")
+    if not isinstance(description, str):
+        return frozenset()
+    match = _INVALID_CODES.fullmatch(description)
+    if match is None:
+        return frozenset()
+    return frozenset(int(code) for code in match.group(1).split(","))
+
+
+def without_codes(codes: tuple[int, ...], invalid: Iterable[int]) -> tuple[int, ...] | None:
+    """``codes`` less ``invalid``; ``None`` when that changes nothing or leaves nothing.
+
+    ``None`` means "do not retry": the same request would get the same 400,
+    and an empty ``event_codes`` would silently mean "admits and rejects only".
+    """
+    drop = set(invalid)
+    remaining = tuple(code for code in codes if code not in drop)
+    if len(remaining) == len(codes) or not remaining:
+        return None
+    return remaining
 
 
 # -- normalization -------------------------------------------------------------
@@ -134,7 +208,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         vendor=VENDOR,
         occurred_at=occurred_at,
         event_code=code,
-        category=info.category if info else "other",
+        category=category(code),
         label=label if label is not None else (info.label if info else None),
         payload=orjson.dumps(raw),
         door_id=optional_text(_first(raw, "door_controller_id", "channel_id"), "channel_id"),
@@ -405,7 +479,9 @@ class DoorFlowSource:
         self.context = context
         self.policy = RetryPolicy.for_source(config)
         self.client.auth = self._auth()
-        self.listed_codes: frozenset[int] | None = frozenset(ALL_EVENT_CODES)
+        # What this connector asks for; shrinks when the vendor names codes
+        # it no longer lists (see ``_list``), for the life of the object.
+        self.event_codes: tuple[int, ...] = LISTABLE_EVENT_CODES
 
     def _auth(self) -> httpx.Auth:
         config = self.config
@@ -437,12 +513,17 @@ class DoorFlowSource:
             ("n", size),
             ("per_page", min(size, GUIDE_MAX_PER_PAGE)),
             ("page", page),
-            ("event_codes", ",".join(map(str, ALL_EVENT_CODES))),
+            ("event_codes", ",".join(map(str, self.event_codes))),
         ]
         if until is not None:
             params.append(("until_utc", _stamp(until)))
-        params.extend(("event_code", code) for code in ALL_EVENT_CODES)
+        params.extend(("event_code", code) for code in self.event_codes)
         return params
+
+    @property
+    def listed_codes(self) -> frozenset[int]:
+        """The codes the listing can return: what is asked for."""
+        return frozenset(self.event_codes)
 
     def _list(
         self,
@@ -452,7 +533,15 @@ class DoorFlowSource:
         sort: str = "ASC",
         until: datetime | None = None,
     ) -> ListResponse:
-        params = self._params(since, page, size, sort, until)
+        while True:
+            try:
+                return self._fetch(self._params(since, page, size, sort, until))
+            except RequestRejected as exc:
+                if not self._drop_unlistable(exc):
+                    raise
+                # and again, without the codes the vendor refused
+
+    def _fetch(self, params: list[tuple[str, Any]]) -> ListResponse:
         response, body = send(
             self.client,
             lambda c: c.get(EVENTS_PATH, params=params),
@@ -460,6 +549,22 @@ class DoorFlowSource:
             source=self.config.name,
         )
         return read_list_response(body, response.headers)
+
+    def _drop_unlistable(self, rejection: RequestRejected) -> bool:
+        """Stop asking for the codes a 400 names as not listable; False: not that 400."""
+        invalid = invalid_event_codes(rejection.status, rejection.body)
+        remaining = without_codes(self.event_codes, invalid)
+        if remaining is None:
+            return False
+        dropped = sorted(set(self.event_codes) - set(remaining))
+        self.event_codes = remaining
+        log.warning(
+            "event_codes_dropped",
+            source=self.config.name,
+            codes=dropped,
+            reason="the vendor does not list them for GET /api/3/events",
+        )
+        return True
 
     def count_since(self, since: datetime) -> int | None:
         """The vendor's count of events created at or after ``since`` (one tiny request)."""

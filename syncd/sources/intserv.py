@@ -54,6 +54,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   changing bodies are unknown). Without it, the list simply grows at its tail
   while it is read, which forward paging handles; the pass still ends,
   because a page holds up to 1000 events and arrivals do not keep pace.
+- **Categories** (DESIGN.md "Categories"): the event's own ``category``
+  field decides (``accessgranted`` / ``accessdenied``); the code table gives
+  the label only, and the category when the record has no usable field.
 - Retries, 429 waits, 5xx/timeouts/dropped connections and non-JSON bodies
   are all :func:`syncd.sources.http.send`'s business. A JSON body without an
   ``events`` list or a boolean ``has_more``, ``has_more`` without a key, or
@@ -97,7 +100,8 @@ DEFAULT_FIRST_PASS = timedelta(days=7)
 MAX_RESTARTS = 3
 """Rejected continuation keys tolerated in one run of a pass before it fails."""
 
-_CATEGORY_FALLBACK = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+_VENDOR_CATEGORIES = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+"""IntServ's own ``category`` values (compared without case, spaces, ``_`` or ``-``)."""
 
 
 # -- normalization -------------------------------------------------------------
@@ -146,11 +150,31 @@ def _person_name(person: Mapping[str, Any] | None, subject: Mapping[str, Any] | 
     return None
 
 
-def _category(code: int, info: CodeInfo | None, raw: Mapping[str, Any]) -> str:
-    if info is not None:
-        return info.category
-    vendor_category = optional_text(raw.get("category"), "category")
-    return _CATEGORY_FALLBACK.get((vendor_category or "").strip().lower(), "other")
+def vendor_category(raw_category: object) -> str | None:
+    """The contract category an IntServ ``category`` field names; ``None`` if unusable.
+
+    ``accessgranted`` / ``accessdenied``, ignoring case, spaces, ``_`` and
+    ``-`` (migration 0002 applies the same rule in SQL to stored rows). Any
+    other value, or a value that is not text, names no category.
+    """
+    if not isinstance(raw_category, str):
+        return None
+    folded = raw_category.replace(" ", "").replace("_", "").replace("-", "").lower()
+    return _VENDOR_CATEGORIES.get(folded)
+
+
+def category(raw_category: object, code: int, codes: Mapping[int, CodeInfo]) -> str:
+    """The event's category (DESIGN.md "Categories"): its own field decides.
+
+    IntServ serves every event with its ``category`` (104, the exit button,
+    comes as ``accessgranted``): that field wins over any guess from ``type``.
+    A record without a usable one falls back to the code table, then ``other``.
+    """
+    named = vendor_category(raw_category)
+    if named is not None:
+        return named
+    info = codes.get(code)
+    return info.category if info is not None else "other"
 
 
 def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
@@ -170,7 +194,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         vendor=VENDOR,
         occurred_at=occurred_at,
         event_code=code,
-        category=_category(code, info, raw),
+        category=category(raw.get("category"), code, codes),
         label=info.label if info else None,
         payload=orjson.dumps(raw),
         door_name=optional_text(raw.get("door_name"), "door_name"),

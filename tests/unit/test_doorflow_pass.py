@@ -39,7 +39,8 @@ from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
 from syncd.engine import LiveCursor, PassResult, SourceRuntime, build_source, drive, run_pass
 from syncd.reconcile import reconcile
-from tests.unit.doorflow_fake import T0, FakeDoorFlow
+from syncd.sources.doorflow import LISTABLE_EVENT_CODES
+from tests.unit.doorflow_fake import T0, FakeDoorFlow, iso
 
 EXAMPLES = int(os.environ.get("SYNCD_PASS_EXAMPLES", "60"))
 CONFIG = SourceConfig(
@@ -274,6 +275,35 @@ def test_a_resumed_newest_first_pass_reads_what_arrived_at_the_head(db: Store) -
     assert result.ok
     assert missing_from(store, listed) == []
     assert set(head) <= set(stored(store))
+
+
+def test_a_pass_asks_for_every_listable_code_oldest_first_with_both_parameter_families(
+    db: Store,
+) -> None:
+    fake = FakeDoorFlow()
+    fake.add(T0)
+    sync(empty(db), fake, T0 + timedelta(hours=1), replace(CONFIG, page_size=100))
+    params = fake.requests[0].url.params
+    assert params["sort"] == "ASC"
+    assert params["since"] == params["since_utc"] == iso(T0)
+    assert params["event_codes"] == ",".join(map(str, LISTABLE_EVENT_CODES))
+    assert [int(c) for c in params.get_list("event_code")] == list(LISTABLE_EVENT_CODES)
+    assert (params["n"], params["per_page"]) == ("100", "100")
+    assert fake.requests[0].headers["Authorization"] == "Bearer t0ken"
+
+
+def test_more_ties_than_a_page_are_all_read(db: Store) -> None:
+    store = empty(db)
+    fake = FakeDoorFlow()
+    for _ in range(25):
+        fake.add(T0 + timedelta(minutes=5))
+    config = replace(CONFIG, lookback=0)
+    assert (sync(store, fake, T0 + timedelta(hours=1), config) or pytest.fail("no result")).ok
+    assert len(stored(store)) == 25
+    for _ in range(7):
+        fake.add(T0 + timedelta(minutes=5))  # more ties at the watermark itself
+    assert (sync(store, fake, T0 + timedelta(hours=1), config) or pytest.fail("no result")).ok
+    assert len(stored(store)) == 32
 
 
 # -- vendor numbers that lie ----------------------------------------------------------------

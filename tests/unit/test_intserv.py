@@ -47,7 +47,7 @@ CODES: dict[int, CodeInfo] = {
     101: CodeInfo("Access granted (code)", "access_granted"),
     102: CodeInfo("Access granted (proximity)", "access_granted"),
     103: CodeInfo("Access granted (proximity + PIN)", "access_granted"),
-    104: CodeInfo("Access granted (exit button)", "exit_request"),
+    104: CodeInfo("Access granted (exit button)", "access_granted"),
     105: CodeInfo("Access granted (common code)", "access_granted"),
     **{c: CodeInfo(f"Access denied ({c})", "access_denied") for c in range(200, 208)},
 }
@@ -199,7 +199,7 @@ def test_missing_optional_fields() -> None:
 @pytest.mark.parametrize(
     ("code", "category", "expected", "label"),
     [
-        (104, "accessgranted", "exit_request", "Access granted (exit button)"),
+        (104, "accessgranted", "access_granted", "Access granted (exit button)"),
         (203, "accessdenied", "access_denied", "Access denied (203)"),
         (150, "accessgranted", "access_granted", None),
         (250, "AccessDenied", "access_denied", None),
