@@ -73,6 +73,7 @@ import structlog
 
 from syncd.errors import ConfigError, ContinuationRejected, RequestRejected, SourceError
 from syncd.records import (
+    INT4,
     EventRecord,
     MalformedRecord,
     RejectedRecord,
@@ -80,6 +81,7 @@ from syncd.records import (
     parse_time,
     required_int,
     split_page,
+    to_json,
 )
 from syncd.sources.auth import BearerToken
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
@@ -160,7 +162,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     system_id = _system_id(raw)
     occurred_at = parse_time(raw.get("event_time"), "event_time")
     sequence_id = required_int(raw.get("sequence_id"), "sequence_id")
-    code = required_int(raw.get("type"), "type")
+    code = required_int(raw.get("type"), "type", INT4)
     key = _object(raw, "key")
     person = _object(raw, "person")
     subject = _object(raw, "subject")
@@ -172,7 +174,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         event_code=code,
         category=_category(code, info, raw),
         label=info.label if info else None,
-        payload=orjson.dumps(raw),
+        payload=to_json(raw),
         door_name=optional_text(raw.get("door_name"), "door_name"),
         person_id=optional_text(person.get("id"), "person.id") if person else None,
         person_name=_person_name(person, subject),
@@ -182,10 +184,24 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     )
 
 
+def natural_key(raw: Any) -> str | None:
+    """A raw event's ``event_key``, when its three parts can be read."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return event_key(
+            _system_id(raw),
+            parse_time(raw.get("event_time"), "event_time"),
+            required_int(raw.get("sequence_id"), "sequence_id"),
+        )
+    except MalformedRecord:
+        return None
+
+
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    return split_page(items, lambda raw: from_api(raw, codes), "event_time")
+    return split_page(items, lambda raw: from_api(raw, codes), "event_time", identify=natural_key)
 
 
 # -- the cursor arithmetic (pure) ----------------------------------------------

@@ -526,7 +526,7 @@ def test_oauth_refreshes_on_401_and_persists_the_rotated_token_first() -> None:
         name="hq", kind="doorflow", base_url="http://doorflow.test", oauth=oauth, start=T0
     )
     client = httpx.Client(base_url=settings_.base_url, transport=httpx.MockTransport(handler))
-    context = SourceContext(codes=CODES, save_refresh_token=saved.append)
+    context = SourceContext(codes=CODES, save_refresh_token=lambda t, _origin: saved.append(t))
     pages = _drain(DoorFlowSource(settings_, client, context))
     assert len(pages) == 1
     assert log[0] == "refresh"
