@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import http.client
+import json
 import math
 import random
 import time
@@ -29,7 +30,13 @@ import orjson
 
 from syncd.simulators import data
 from syncd.simulators.clock import US, Clock, iso_ms, parse_iso
-from syncd.simulators.faults import Faults
+from syncd.simulators.faults import (
+    ALL_KINDS,
+    POISON_KINDS,
+    Faults,
+    kind_indexes,
+    poison,
+)
 from syncd.simulators.index import SortedIndex
 from syncd.simulators.server import BaseSimulator, Request, Response, json_response
 
@@ -47,7 +54,6 @@ _DOOR_ID_BASE = 1340
 _SITES = (("HQ", 0), ("Berlin", 60), ("Manchester", 0))
 """Door controllers at Berlin report local time: ``created_at`` ends ``+01:00``."""
 
-MALFORMED_KINDS = ("missing_id", "missing_time", "bad_time", "bad_code", "wrong_types")
 _BAD_TIMES = ("2024-02-30T25:61:00Z", "yesterday", "", "15/01/2024 14:30", "0000-00-00T00:00:00Z")
 _CRED_TYPES = {data.CRED_CARD: "Card", data.CRED_PIN: "PIN", data.CRED_MOBILE: "Mobile"}
 _REF = (
@@ -134,7 +140,7 @@ class _Event:
         self.name0 = name0  # the name served until update_at
         self.update_at = update_at  # -1: never changes
         self.updated = False
-        self.bad = bad  # 0, or 1 + index into MALFORMED_KINDS
+        self.bad = bad  # 0, or 1 + index into ALL_KINDS
         self.ref: bytes | None = None
         self.guide: bytes | None = None
 
@@ -201,6 +207,7 @@ class DoorFlowSimulator(BaseSimulator):
         tie_groups: int = 0,
         tie_size: int = 0,
         malformed_share: float = 0.0,
+        malformed_kinds: Iterable[str] | None = None,
         token_expiry: float = 3600.0,
         rate: float = 0.0,
         webhook_url: str | None = None,
@@ -232,6 +239,7 @@ class DoorFlowSimulator(BaseSimulator):
         self.name_update_share = name_update_share
         self.name_update_delay = name_update_delay
         self.malformed_share = malformed_share
+        self._bad_kinds = kind_indexes(malformed_kinds)
         self.token_expiry = token_expiry
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
@@ -333,7 +341,8 @@ class DoorFlowSimulator(BaseSimulator):
             self._apply_due(self._now())
             render = self._renderer(self._flavor)
             parts = [render(e) for e in self._all.items if e.bad]
-        result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(parts) + b"]")
+        # json, not orjson: a lone surrogate (POISON_KINDS) is in there as served.
+        result: list[dict[str, Any]] = json.loads(b"[" + b",".join(parts) + b"]")
         return result
 
     def pending_webhooks(self) -> list[dict[str, Any]]:
@@ -431,6 +440,7 @@ class DoorFlowSimulator(BaseSimulator):
         update_share = self.name_update_share
         delay = int(self.name_update_delay * US)
         bad_share = self.malformed_share
+        kinds = self._bad_kinds
         events = []
         for i in range(n):
             code = codes[i]
@@ -449,7 +459,7 @@ class DoorFlowSimulator(BaseSimulator):
                     if update_share and rand() < update_share:
                         name0 = None if rand() < 0.5 else _old_name(people[person])
                         update_at = arrived[i] + delay
-            bad = 1 + int(rand() * len(MALFORMED_KINDS)) if bad_share and rand() < bad_share else 0
+            bad = 1 + kinds[int(rand() * len(kinds))] if bad_share and rand() < bad_share else 0
             events.append(
                 _Event(
                     created[i],
@@ -955,7 +965,9 @@ def _old_name(person: _Person) -> str:
 
 def _spoil(rendered: bytes, event: _Event, time_field: str, id_fields: Iterable[str]) -> bytes:
     record = orjson.loads(rendered)
-    kind = MALFORMED_KINDS[event.bad - 1]
+    kind = ALL_KINDS[event.bad - 1]
+    if kind in POISON_KINDS:
+        return poison(record, kind, "event_code", 2**32 + event.code, time_field)
     if kind == "missing_id":
         for field in id_fields:
             del record[field]
