@@ -362,6 +362,7 @@ class Store:
         """
         params = [{"s": r["source"], "k": r["event_key"], "h": r["raw_sha256"]} for r in rows]
         t = rejected_events
+        held = t.alias("held")
         conn.execute(
             t.update()
             .where(
@@ -369,8 +370,7 @@ class Store:
                 t.c.raw_sha256 == sa.bindparam("h"),
                 t.c.event_key.is_(None),
                 ~sa.exists().where(
-                    t.alias("held").c.source == sa.bindparam("s"),
-                    t.alias("held").c.event_key == sa.bindparam("k"),
+                    held.c.source == sa.bindparam("s"), held.c.event_key == sa.bindparam("k")
                 ),
             )
             .values(event_key=sa.bindparam("k")),
