@@ -28,6 +28,7 @@ from syncd.config import OAuthCredentials, Secret, SourceConfig
 from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
 from syncd.engine import run_pass
+from syncd.records import storable
 from syncd.simulators import DoorFlowSimulator, Faults, SimClock
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -74,7 +75,7 @@ def assert_matches_truth(store: Store, source: str, sim: DoorFlowSimulator) -> N
     served = []
     for each in ("reference", "guide"):
         sim.flavor = each
-        served.append(sim.malformed())
+        served.append([storable(raw) for raw in sim.malformed()])  # NUL etc. kept as text
     sim.flavor = flavor
     for as_reference, as_guide in zip(*served, strict=True):
         assert as_reference in kept or as_guide in kept, f"malformed record lost: {as_reference}"
