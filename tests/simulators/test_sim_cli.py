@@ -104,7 +104,7 @@ def test_help_lists_the_knobs() -> None:
         "--port", "--host", "--seed", "--events", "--flavor", "--rate", "--rate-limit",
         "--retry-after-in", "--server-errors", "--drop", "--latency", "--malformed",
         "--late-share", "--late-delay", "--ties", "--token-expiry", "--continuation-ttl",
-        "--offline",
+        "--offline", "--malformed-kinds", "--expired-key-status", "--current-least-sync-time",
     ):  # fmt: skip
         assert option in result.output
 
@@ -117,6 +117,8 @@ def test_help_lists_the_knobs() -> None:
         (["intserv", "--offline", "nope"], "unknown system"),
         (["doorflow", "--rate-limit", "0.6", "--drop", "0.6"], "must not exceed 1"),
         (["fax"], "Invalid value"),
+        (["doorflow", "--malformed-kinds", "nul,rot"], "malformed_kinds must be"),
+        (["doorflow", "--expired-key-status", "500"], "does not apply to doorflow"),
     ],
 )
 def test_usage_errors(args: list[str], message: str) -> None:
