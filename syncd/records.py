@@ -84,6 +84,9 @@ class MalformedRecord(ValueError):
 # become a single code point, so any surrogate left in a str is a lone one).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,20}")  # ASCII digits only: str.isdigit() takes "²"
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""Times of events syncd accepts: anything outside is a vendor's garbage."""
 INT4 = (-(2**31), 2**31 - 1)
 INT8 = (-(2**63), 2**63 - 1)
 
@@ -94,12 +97,15 @@ def parse_time(value: Any, field: str) -> datetime:
         raise MalformedRecord(f"{field} missing or not a string")
     try:
         parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
         # Converting e.g. 0001-01-01T00:00+05:00 to UTC leaves datetime's range.
-        return parsed.astimezone(UTC)
+        when = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise MalformedRecord(f"{field} is not an ISO 8601 time in range: {value[:40]!r}") from exc
+    if not EARLIEST <= when < LATEST:
+        # Cursor arithmetic shifts times by lookbacks and windows: a watermark
+        # in year 1 would overflow the next pass's ``since``.
+        raise MalformedRecord(f"{field} is out of range: {value[:40]!r}")
+    return when
 
 
 def optional_text(value: Any, field: str) -> str | None:

@@ -81,7 +81,14 @@ def test_intserv_sequence_id_past_int8_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "99999-01-01T00:00:00Z"]
+    "value",
+    [
+        "0001-01-01T00:00:00+05:00",
+        "9999-12-31T23:59:59-05:00",
+        "99999-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T00:00:00Z",
+    ],
 )
 def test_times_out_of_range_are_malformed(value: str) -> None:
     with pytest.raises(MalformedRecord, match="created_at"):
