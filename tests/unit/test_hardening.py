@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from syncd.config import OAuthCredentials, Secret, SourceConfig, load_settings
 from syncd.db.engine import describe_url
@@ -317,7 +318,10 @@ def test_adding_a_system_reads_it_from_the_origin_and_the_horizon_is_its_own() -
 
     first = list(isv_source(handler, systems=("a",)).pages({}, at(1000)))
     cursor = dict(first[-1].cursor, least_sync_time=iso(at(900)))  # later passes moved it
-    pages = list(isv_source(handler, systems=("a", "b")).pages(cursor, at(2000)))
+    with capture_logs() as logs:
+        pages = list(isv_source(handler, systems=("a", "b")).pages(cursor, at(2000)))
+    (changed,) = [e for e in logs if e["event"] == "scope_changed"]
+    assert (changed["change"], changed["read_from"]) == ("widened", iso(at(0)))
     assert bodies[-1]["from_date"] == iso(at(0))  # start: b was never read
     assert bodies[-1]["systems"] == ["a", "b"]
     assert pages[-1].cursor["least_sync_time"] == iso(at(100))  # not max(900, ...)
