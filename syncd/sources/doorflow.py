@@ -58,20 +58,27 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import orjson
 import structlog
 
 from syncd.errors import ConfigError, RequestRejected, SourceError
 from syncd.records import (
+    INT4,
     EventRecord,
     MalformedRecord,
     RejectedRecord,
+    int_text,
     optional_text,
     parse_time,
     required_int,
     split_page,
+    to_json,
 )
-from syncd.sources.auth import BearerToken, OAuthRefresh
+from syncd.sources.auth import (
+    BearerToken,
+    OAuthRefresh,
+    choose_refresh_token,
+    token_fingerprint,
+)
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
 from syncd.sources.http import RetryPolicy, send
 
@@ -197,7 +204,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         raise MalformedRecord("id missing")
     key = required_int(event_id, "id")
     occurred_at = parse_time(_first(raw, "created_at", "occurred_at"), "created_at")
-    code = required_int(raw.get("event_code"), "event_code")
+    code = required_int(raw.get("event_code"), "event_code", INT4)
     updated = raw.get("updated_at")
     info = codes.get(code)
     label = _first(raw, "event_label", "description")
@@ -210,7 +217,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         event_code=code,
         category=category(code),
         label=label if label is not None else (info.label if info else None),
-        payload=orjson.dumps(raw),
+        payload=to_json(raw),
         door_id=optional_text(_first(raw, "door_controller_id", "channel_id"), "channel_id"),
         door_name=optional_text(
             _first(raw, "door_controller_name", "channel_name"), "channel_name"
@@ -222,10 +229,23 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     )
 
 
+def natural_key(raw: Any) -> str | None:
+    """A raw event's ``event_key`` (its integer id as text), when it can be read."""
+    if not isinstance(raw, dict):
+        return None
+    event_id = _first(raw, "id", "event_id")
+    try:
+        return None if event_id is None else str(required_int(event_id, "id"))
+    except MalformedRecord:
+        return None
+
+
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    return split_page(items, lambda raw: from_api(raw, codes), "created_at", "occurred_at")
+    return split_page(
+        items, lambda raw: from_api(raw, codes), "created_at", "occurred_at", identify=natural_key
+    )
 
 
 # -- the cursor and paging arithmetic (pure) -----------------------------------
@@ -375,13 +395,7 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
 
 
 def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
+    return int_text(value)  # ASCII digits only: "²".isdigit() is True, int("²") raises
 
 
 def _positive(value: int | None) -> int | None:
@@ -486,13 +500,18 @@ class DoorFlowSource:
     def _auth(self) -> httpx.Auth:
         config = self.config
         if config.oauth is not None:
-            refresh = self.context.refresh_token or config.oauth.refresh_token.reveal()
+            configured = config.oauth.refresh_token.reveal()
+            refresh = choose_refresh_token(
+                configured, self.context.refresh_token, self.context.refresh_token_origin
+            )
+            save = self.context.save_refresh_token
+            origin = token_fingerprint(configured)
             return OAuthRefresh(
                 token_url=f"{config.base_url}/oauth/token",
                 client_id=config.oauth.client_id.reveal(),
                 client_secret=config.oauth.client_secret.reveal(),
                 refresh_token=refresh,
-                on_rotate=self.context.save_refresh_token,
+                on_rotate=None if save is None else lambda token: save(token, origin),
             )
         if config.api_key is not None:
             return httpx.BasicAuth(config.api_key.reveal(), "X")
