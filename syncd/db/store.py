@@ -530,17 +530,24 @@ class Store:
 
         Stored events (only ``codes`` when given: the vendor's listing cannot
         return others, e.g. remote-control events that came by webhook) plus
-        rejected records whose time could be read. Reconciliation compares
+        rejected records whose time could be read and whose vendor id is not
+        also stored. Reconciliation compares
         this with the vendor's count of the same span.
         """
         in_span = sa.and_(events.c.occurred_at >= since, events.c.occurred_at < until)
         stored = sa.select(sa.func.count()).where(events.c.source == source, in_span)
         if codes is not None:
             stored = stored.where(events.c.event_code.in_(sorted(codes)))
+        # A record rejected once and stored later (fixed by the vendor) is
+        # one vendor event: count it once, or the surplus could hide a gap.
+        stored_later = sa.exists().where(
+            events.c.source == source, events.c.event_key == rejected_events.c.event_key
+        )
         rejected = sa.select(sa.func.count()).where(
             rejected_events.c.source == source,
             rejected_events.c.occurred_at >= since,
             rejected_events.c.occurred_at < until,
+            sa.or_(rejected_events.c.event_key.is_(None), ~stored_later),
         )
         with self.engine.connect() as conn:
             return int(conn.execute(stored).scalar_one()) + int(conn.execute(rejected).scalar_one())
