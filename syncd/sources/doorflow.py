@@ -464,17 +464,18 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
     return PageStep(new, done=done)
 
 
-def past_window(records: list[EventRecord], until: datetime | None, count: int) -> bool:
+def past_window(records: list[EventRecord], until: datetime | None) -> bool:
     """A window read may stop once a whole ascending page lies at or past ``until``.
 
     Read oldest first, everything after such a page is later still. The page
-    must itself show the ascending order (its times rise from first to last):
-    a server that ignores ``sort=ASC`` serves the newest rows first, and those
-    lie past the window too. One page of evidence, rather than one row, keeps
-    a slightly disordered listing (a late upload at a page edge) from ending
-    the window early.
+    must itself show the ascending order (the times of its events rise from
+    first to last): a server that ignores ``sort=ASC`` serves the newest rows
+    first, and those lie past the window too. One page of evidence, rather
+    than one row, keeps a slightly disordered listing (a late upload at a
+    page edge) from ending the window early. Rejected records on the page are
+    stored with it, whatever their time, so they need no say.
     """
-    if until is None or count < 2 or len(records) < count:
+    if until is None or len(records) < 2:
         return False
     times = [r.occurred_at for r in records]
     ascending = times[0] < times[-1] and all(a <= b for a, b in itertools.pairwise(times))
@@ -667,7 +668,7 @@ class DoorFlowSource:
             if move.refetch or move.restarted:
                 continue
             records, rejected = normalize_page(response.items, self.context.codes)
-            done = move.done or past_window(records, current.until, len(response.items))
+            done = move.done or past_window(records, current.until)
             yield records, rejected, current, done
             if done:
                 return

@@ -223,12 +223,12 @@ def _record(key: int, at: datetime) -> EventRecord:
 def test_a_window_ends_after_a_whole_page_past_its_end() -> None:
     until = T0 + timedelta(hours=1)
     inside, past, later = _record(1, T0), _record(2, until), _record(3, until + timedelta(1))
-    assert past_window([past, later], until, 2)
-    assert not past_window([inside, past], until, 2)
-    assert not past_window([later, past], until, 2)  # newest first: the window is below
-    assert not past_window([past, past], until, 2)  # ties show no order
-    assert not past_window([past, later], until, 3)  # a rejected row is no evidence
-    assert not past_window([past, later], None, 2)
+    assert past_window([past, later], until)
+    assert not past_window([inside, past], until)
+    assert not past_window([later, past], until)  # newest first: the window is below
+    assert not past_window([past, past], until)  # ties show no order
+    assert not past_window([later], until)  # one row is no evidence
+    assert not past_window([past, later], None)
 
 
 # -- errors through the shared HTTP machinery ------------------------------------------
