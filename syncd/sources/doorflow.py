@@ -15,8 +15,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
   reads from ``watermark - lookback`` or finds by reconciliation. The pass
   keeps the number of list positions it has consumed (``offset``) in the
   cursor after every page, so a crash resumes at the same page; if the
-  server's page size or order changes under it (a flavor switch), the pass
-  restarts at offset 0 rather than risk a skip.
+  server answers in another shape under it (a flavor switch), the listing
+  restarts at offset 0 rather than risk a skip (at most :data:`MAX_RESTARTS`
+  times in one run).
 - Every *listable* event code is asked for explicitly: without
   ``event_codes`` the API returns only admits and rejects, and naming a code
   it does not list for this method (50-63, remote control, although such
@@ -31,18 +32,11 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
 - The watermark (newest ``created_at`` committed, never past ``now``) only
   becomes the next pass's ``since`` once a pass has finished, so the order
   the server returns (``sort=ASC`` honoured or not) does not matter.
-- A late event older than the lookback is found by **reconciliation**: at the
-  start of a pass the vendor's count of events between the reconcile horizon
-  and the pass's ``since`` (two ``Total`` / ``total_count`` probes) is
-  compared with the local count of stored and rejected records there. If the
-  vendor has more than syncd could explain by rejected records without a
-  readable time (which cannot be placed in the window), the pass reads from
-  the horizon instead. No deficit is ever "accepted" as known, so a missed
-  event cannot be hidden; the price is that a vendor whose counts never
-  match costs a horizon re-read every pass (logged as ``reconcile_needed``).
-- Known limit: when the source has rejected records without a readable time,
-  as many missing events as there are such records can go unnoticed by
-  reconciliation (they are indistinguishable by count).
+- A late event older than the lookback is found by **reconciliation**
+  (:mod:`syncd.reconcile`), its own step, using :meth:`DoorFlowSource.vendor_count`
+  and :meth:`DoorFlowSource.window_pages`; a pass never re-reads older spans.
+- A pass that resumes an interrupted listing finishes it and then reads a
+  fresh listing from watermark - lookback (:func:`listings_for_pass`).
 - Both response shapes (bare array + ``Total``/``Per-Page`` headers, and
   ``{"events", "pagination"}``) and both field namings are accepted; the
   request carries both parameter families.
