@@ -296,6 +296,7 @@ def status(ctx: Context, as_json: bool) -> None:
                 "last_error": state.last_error if state else None,
                 "last_error_at": _iso(state.last_error_at) if state else None,
                 "consecutive_failures": state.consecutive_failures if state else 0,
+                "reconciled_at": _iso(state.reconciled_at) if state else None,
                 "cursor": state.cursor if state else {},
             }
         )
