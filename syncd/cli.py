@@ -101,6 +101,7 @@ def cli(
 @pass_context
 def migrate(ctx: Context) -> None:
     """Upgrade the database to the newest schema."""
+    from syncd.bi import sync_sources
     from syncd.db import migrate as migrations
     from syncd.db.engine import describe_url
 
@@ -108,6 +109,7 @@ def migrate(ctx: Context) -> None:
     before = migrations.current_revision(engine)
     migrations.upgrade(engine)
     after = migrations.current_revision(engine)
+    sync_sources(engine, ctx.settings.sources, datetime.now(UTC))
     where = describe_url(ctx.settings.database_url)
     if before == after:
         click.echo(f"{where}: schema already current (revision {after})")
@@ -141,6 +143,7 @@ def _ready_engine(ctx: Context, *, migrate_if_empty: bool) -> sa.Engine:
 @pass_context
 def sync(ctx: Context, names: Sequence[str]) -> None:
     """One incremental pass of each (or each named) source, then exit."""
+    from syncd.bi import sync_sources
     from syncd.db.store import Store
     from syncd.engine import run_pass
 
@@ -151,6 +154,7 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         )
     sources = [settings.source(name) for name in names] if names else list(settings.sources)
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    sync_sources(store.engine, settings.sources, datetime.now(UTC))
     failed = 0
     for source in sources:
         result = run_pass(store, source)

@@ -77,6 +77,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from syncd.bi import sync_sources
 from syncd.config import Secret, Settings, SourceConfig
 from syncd.db.engine import describe_url
 from syncd.db.schema import events, rejected_events
@@ -293,6 +294,7 @@ def run_demo(
     tally = Tally()
     with world.serving():
         configs = world.sources(interval)
+        sync_sources(engine, [*settings.sources, *configs], datetime.now(UTC))
         _intro(out, world, position, database_url)
         for number in range(1, passes + 1):
             _one_pass(out, store, world, configs, tally, number, passes)

@@ -80,6 +80,16 @@ events = sa.Table(
     sa.Index("ix_events_source_occurred_at", "source", "occurred_at"),
     sa.Index("ix_events_person_id_occurred_at", "person_id", "occurred_at"),
     sa.Index("ix_events_door_id_occurred_at", "door_id", "occurred_at"),
+    # migration 0003, for door_state_latest
+    sa.Index(
+        "ix_events_door_state_latest",
+        "source",
+        "door_id",
+        "occurred_at",
+        "id",
+        postgresql_where=sa.text("category IN ('door_state', 'tamper', 'device_status')"),
+        sqlite_where=sa.text("category IN ('door_state', 'tamper', 'device_status')"),
+    ),
 )
 
 sync_state = sa.Table(
@@ -119,4 +129,28 @@ event_codes = sa.Table(
     sa.Column("label", sa.Text(), nullable=False),
     sa.Column("category", sa.Text(), nullable=False),
     sa.Column("note", sa.Text()),
+)
+
+# BI (migration 0003): the configured settings of each source, and its local
+# calendar (see syncd/bi.py for why a table and not AT TIME ZONE).
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("source", sa.Text(), primary_key=True),
+    sa.Column("kind", sa.Text()),
+    sa.Column("timezone", sa.Text(), nullable=False),
+    sa.Column("business_hours_start", sa.Time(), nullable=False),
+    sa.Column("business_hours_end", sa.Time(), nullable=False),
+    sa.Column("calendar_digest", sa.Text()),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+source_local_days = sa.Table(
+    "source_local_days",
+    metadata,
+    sa.Column("source", sa.Text(), primary_key=True),
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("valid_from", UTCDateTime(), primary_key=True),
+    sa.Column("valid_until", UTCDateTime(), nullable=False),
+    sa.Column("utc_offset_seconds", sa.Integer(), nullable=False),
 )
