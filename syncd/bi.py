@@ -21,10 +21,13 @@ tzdata), changed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+import json
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from importlib import resources
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -173,22 +176,33 @@ def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: dateti
                     .values(updated_at=now, **values)
                 )
             if row is None or row.calendar_digest != digest:
-                _write_calendar(conn, name, _days_between(changes, CALENDAR_END))
+                _write_calendar(conn, name, changes)
                 rewritten += 1
     return rewritten
 
 
-def _write_calendar(conn: sa.Connection, source: str, calendar: Iterable[LocalDay]) -> None:
+def _write_calendar(
+    conn: sa.Connection, source: str, changes: Sequence[tuple[datetime, int]]
+) -> None:
     conn.execute(sa.delete(source_local_days).where(source_local_days.c.source == source))
-    rows = [
-        {
-            "source": source,
-            "day": d.day,
-            "valid_from": d.valid_from,
-            "valid_until": d.valid_until,
-            "utc_offset_seconds": d.utc_offset_seconds,
-        }
-        for d in calendar
-    ]
-    for start in range(0, len(rows), 5000):
-        conn.execute(sa.insert(source_local_days), rows[start : start + 5000])
+    dialect = conn.dialect.name
+    spell = _sqlite_instant if dialect == "sqlite" else datetime.isoformat
+    ends = [*(when for when, _ in changes[1:]), CALENDAR_END]
+    spans = [{"a": spell(a), "b": spell(b), "o": o} for (a, o), b in zip(changes, ends, strict=True)]
+    conn.execute(
+        sa.text(QUERIES[f"write_calendar_{dialect}"]),
+        {"source": source, "spans": json.dumps(spans)},
+    )
+
+
+def _sqlite_instant(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def named_queries(text: str) -> dict[str, str]:
+    """The ``-- name: X`` blocks of a .sql file, by name."""
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+QUERIES = named_queries(resources.files("syncd").joinpath("bi.sql").read_text())

@@ -49,7 +49,7 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _empty(engine: sa.Engine) -> None:
+def empty_tables(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
@@ -61,7 +61,7 @@ def _empty(engine: sa.Engine) -> None:
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(pg_url)
-    _empty(engine)
+    empty_tables(engine)
     yield engine
     engine.dispose()
 

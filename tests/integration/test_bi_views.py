@@ -11,6 +11,7 @@ TimeZone far from both sites, so an answer that leaked it would differ.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -20,10 +21,14 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from syncd.bi import sync_sources
+from syncd.bi import LocalDay, local_days, sync_sources
 from syncd.config import SourceConfig
+from syncd.db import migrate
+from syncd.db.engine import create_engine
+from syncd.db.schema import source_local_days
 from syncd.db.store import Store
 from syncd.records import EventRecord, RejectedRecord
+from tests.conftest import empty_tables as empty
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 STO = SourceConfig(
@@ -167,8 +172,25 @@ NYC_EVENTS = [
 ]
 
 
-@pytest.fixture
-def bi(engine: sa.Engine) -> sa.Engine:
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def bi(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[sa.Engine]:
+    """The data set, loaded once per database for the module (the tests only read it)."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('bi')}/bi.db"
+        migrate.upgrade(create_engine(url, poolclass=sa.pool.NullPool))
+    engine = create_engine(url)
+    empty(engine)
+    load(engine)
+    yield engine
+    empty(engine)
+    engine.dispose()
+
+
+def load(engine: sa.Engine) -> None:
     store = Store(engine)
     store.write_page("sto", STO_EVENTS, [], {"page": 1}, NOW)
     store.write_page("sto", [D7], [], {"page": 2}, NOW)
@@ -179,7 +201,6 @@ def bi(engine: sa.Engine) -> sa.Engine:
     store.record_failure("nyc", "HTTP 503 from the vendor", NOW)
     store.save_refresh_token("sto", "rt-secret", NOW)
     assert sync_sources(engine, [STO, NYC], NOW) == 2
-    return engine
 
 
 _SQLITE_INSTANT = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
@@ -326,10 +347,13 @@ def test_after_hours_access(bi: sa.Engine) -> None:
 
 def test_after_hours_follows_a_change_of_business_hours(bi: sa.Engine) -> None:
     sync_sources(bi, [replace(STO, business_hours=(time(6), time(21))), NYC], NOW)
-    got = rows(
-        bi, "SELECT occurred_at FROM after_hours_access WHERE person_id = 'P3' ORDER BY 1"
-    )
-    assert got == []  # 06:59:59 .. 18:00:00 are all inside 06:00-21:00
+    try:
+        got = rows(
+            bi, "SELECT occurred_at FROM after_hours_access WHERE person_id = 'P3' ORDER BY 1"
+        )
+        assert got == []  # 06:59:59 .. 18:00:00 are all inside 06:00-21:00
+    finally:
+        sync_sources(bi, [STO, NYC], NOW)
 
 
 def test_door_state_latest(bi: sa.Engine) -> None:
@@ -361,11 +385,14 @@ def test_sync_health(bi: sa.Engine) -> None:
 def test_a_changed_zone_rewrites_the_calendar(bi: sa.Engine) -> None:
     assert sync_sources(bi, [STO, NYC], NOW) == 0  # nothing changed: nothing rewritten
     assert sync_sources(bi, [replace(STO, timezone="UTC"), NYC], NOW) == 1
-    got = rows(bi, "SELECT day FROM attendance_daily WHERE person_id = 'P1' ORDER BY day")
-    assert got == [("2026-01-10",), ("2026-01-14",)]  # 22:30Z and 23:30Z: both the 14th in UTC
-    with bi.connect() as conn:
-        zone = conn.execute(sa.text("SELECT timezone FROM sources WHERE source = 'sto'"))
-        assert zone.scalar_one() == "UTC"
+    try:
+        got = rows(bi, "SELECT day FROM attendance_daily WHERE person_id = 'P1' ORDER BY day")
+        assert got == [("2026-01-10",), ("2026-01-14",)]  # 22:30Z, 23:30Z: the 14th in UTC
+        with bi.connect() as conn:
+            zone = conn.execute(sa.text("SELECT timezone FROM sources WHERE source = 'sto'"))
+            assert zone.scalar_one() == "UTC"
+    finally:
+        assert sync_sources(bi, [STO, NYC], NOW) == 1
 
 
 def test_the_views_have_the_contract_columns(bi: sa.Engine) -> None:
@@ -387,3 +414,18 @@ def test_the_views_have_the_contract_columns(bi: sa.Engine) -> None:
         assert [c["name"] for c in inspector.get_columns(view)][: len(columns.split())] == (
             columns.split()
         ), view
+
+
+@pytest.mark.parametrize("zone", ["Europe/Stockholm", "Australia/Lord_Howe", "America/Havana"])
+def test_the_calendar_written_by_sql_is_the_python_one(engine: sa.Engine, zone: str) -> None:
+    site = replace(STO, name="cal", timezone=zone)
+    assert sync_sources(engine, [site], NOW) == 1
+    table = source_local_days
+    query = (
+        sa.select(table.c.day, table.c.valid_from, table.c.valid_until, table.c.utc_offset_seconds)
+        .where(table.c.source == "cal")
+        .order_by(table.c.valid_from)
+    )
+    with engine.connect() as conn:
+        stored = [LocalDay(*row) for row in conn.execute(query)]
+    assert stored == list(local_days(zone))
