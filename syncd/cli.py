@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -22,6 +22,9 @@ from syncd import __version__
 from syncd.config import Settings, load_settings
 from syncd.errors import DatabaseUnavailable, SyncdError
 from syncd.simulators.cli import simulate
+
+if TYPE_CHECKING:
+    from syncd.bi_role import RoleRecipe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -293,6 +296,102 @@ def demo(ctx: Context, passes: int, keep_running: bool, interval: float) -> None
     )
     if status:
         raise SystemExit(status)
+
+
+@cli.command("bi-role")
+@click.option(
+    "--role",
+    default="syncd_bi",
+    show_default=True,
+    metavar="NAME",
+    envvar="SYNCD_BI_ROLE",
+    help="Role name (else $SYNCD_BI_ROLE).",
+)
+@click.option(
+    "--password-env",
+    default="SYNCD_BI_PASSWORD",
+    show_default=True,
+    metavar="VAR",
+    help="Environment variable holding the role's password (for --apply).",
+)
+@click.option(
+    "--password-file",
+    default=None,
+    metavar="PATH",
+    help="File holding the role's password (for --apply; wins over --password-env).",
+)
+@click.option(
+    "--statement-timeout",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="Longest query the role may run (PostgreSQL units: ms, s, min, h).",
+)
+@click.option(
+    "--apply", is_flag=True, help="Run the SQL on the database instead of printing it."
+)
+@pass_context
+def bi_role(
+    ctx: Context,
+    role: str,
+    password_env: str,
+    password_file: str | None,
+    statement_timeout: str,
+    apply: bool,
+) -> None:
+    """A read-only PostgreSQL role for BI tools: print the SQL, or --apply it."""
+    from syncd.bi_role import RoleRecipe, role_script
+
+    url = sa.make_url(ctx.settings.database_url)
+    if url.get_backend_name() != "postgresql":
+        raise SyncdError(
+            "bi-role is for PostgreSQL; the database is "
+            f"{url.get_backend_name()} (SQLite has no roles: share the file read-only)"
+        )
+    recipe = RoleRecipe(
+        role=role, database=url.database or "postgres", statement_timeout=statement_timeout
+    )
+    if not apply:
+        click.echo(role_script(recipe), nl=False)
+        return
+    password = _bi_password(password_env, password_file)
+    _apply_role(_ready_engine(ctx, migrate_if_empty=False), recipe, password)
+    click.echo(
+        f"role {role} can now read every syncd table and view (but not "
+        f"sync_state.refresh_token), read-only, statement_timeout {statement_timeout}"
+    )
+
+
+def _bi_password(password_env: str, password_file: str | None) -> str:
+    import os
+    from pathlib import Path
+
+    if password_file is not None:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise SyncdError(f"cannot read --password-file {password_file}: {exc.strerror}") from exc
+    else:
+        password = os.environ.get(password_env, "")
+    if not password:
+        raise SyncdError(
+            f"--apply needs the role's password: set ${password_env} or use --password-file"
+        )
+    return password
+
+
+def _apply_role(engine: sa.Engine, recipe: RoleRecipe, password: str) -> None:
+    from dataclasses import replace
+
+    from syncd.bi_role import role_sql, scram_verifier
+
+    # The server gets a SCRAM verifier, never the password: not even a
+    # server log of DDL statements can show it.
+    verifier = "'" + scram_verifier(password) + "'"
+    with engine.begin() as conn:
+        database = conn.exec_driver_sql("SELECT current_database()").scalar_one()
+        for statement in role_sql(replace(recipe, database=database), password_sql=verifier):
+            conn.exec_driver_sql(statement)
 
 
 cli.add_command(simulate)
