@@ -74,22 +74,20 @@ CROSS JOIN LATERAL (
         abs(hashint8extended(g, 4) % 100) AS r
 ) AS h
 CROSS JOIN LATERAL (
-    SELECT
-        TIMESTAMPTZ '2025-01-01 00:00:00+00'
-            + (CAST(g AS float8) / :total) * INTERVAL '730 days' AS at,
-        h.r AS category_draw
+    SELECT TIMESTAMPTZ '2025-01-01 00:00:00+00'
+        + (CAST(g AS float8) / :total) * INTERVAL '730 days' AS at
 ) AS t
 CROSS JOIN LATERAL (
     SELECT
-        CASE WHEN t.category_draw < 70 THEN 10 WHEN t.category_draw < 80 THEN 20 + t.category_draw % 10 WHEN t.category_draw < 88 THEN 30
-             WHEN t.category_draw < 96 THEN 31 + t.category_draw % 3 WHEN t.category_draw = 96 THEN 90 WHEN t.category_draw = 97 THEN 1
+        CASE WHEN h.r < 70 THEN 10 WHEN h.r < 80 THEN 20 + h.r % 10 WHEN h.r < 88 THEN 30
+             WHEN h.r < 96 THEN 31 + h.r % 3 WHEN h.r = 96 THEN 90 WHEN h.r = 97 THEN 1
              ELSE 100 END AS code,
-        CASE WHEN t.category_draw < 70 THEN 'access_granted' WHEN t.category_draw < 80 THEN 'access_denied'
-             WHEN t.category_draw < 88 THEN 'exit_request' WHEN t.category_draw < 96 THEN 'door_state'
-             WHEN t.category_draw = 96 THEN 'tamper' WHEN t.category_draw = 97 THEN 'device_status' ELSE 'sync' END
-            AS category,
-        CASE WHEN t.category_draw < 70 THEN 'Admitted (Card/fob)' WHEN t.category_draw < 80 THEN 'Rejected'
-             WHEN t.category_draw < 88 THEN 'Request exit button pressed' ELSE 'State' END AS label
+        CASE WHEN h.r < 70 THEN 'access_granted' WHEN h.r < 80 THEN 'access_denied'
+             WHEN h.r < 88 THEN 'exit_request' WHEN h.r < 96 THEN 'door_state'
+             WHEN h.r = 96 THEN 'tamper' WHEN h.r = 97 THEN 'device_status'
+             ELSE 'sync' END AS category,
+        CASE WHEN h.r < 70 THEN 'Admitted (Card/fob)' WHEN h.r < 80 THEN 'Rejected'
+             WHEN h.r < 88 THEN 'Request exit button pressed' ELSE 'State' END AS label
 ) AS c
 """
 

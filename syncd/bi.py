@@ -188,7 +188,9 @@ def _write_calendar(
     dialect = conn.dialect.name
     spell = _sqlite_instant if dialect == "sqlite" else datetime.isoformat
     ends = [*(when for when, _ in changes[1:]), CALENDAR_END]
-    spans = [{"a": spell(a), "b": spell(b), "o": o} for (a, o), b in zip(changes, ends, strict=True)]
+    spans = [
+        {"a": spell(a), "b": spell(b), "o": o} for (a, o), b in zip(changes, ends, strict=True)
+    ]
     conn.execute(
         sa.text(QUERIES[f"write_calendar_{dialect}"]),
         {"source": source, "spans": json.dumps(spans)},

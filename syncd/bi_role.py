@@ -34,7 +34,7 @@ __all__ = [
     "scram_verifier",
 ]
 
-PASSWORD_VARIABLE = "bi_password"
+PASSWORD_VARIABLE = "bi_password"  # noqa: S105 (the name of a psql variable)
 SECRET_COLUMNS = {"sync_state": ("refresh_token",)}
 # sync_state's columns a BI role may read: all but the secret.
 SYNC_STATE_READABLE = (

@@ -327,9 +327,7 @@ def demo(ctx: Context, passes: int, keep_running: bool, interval: float) -> None
     metavar="DURATION",
     help="Longest query the role may run (PostgreSQL units: ms, s, min, h).",
 )
-@click.option(
-    "--apply", is_flag=True, help="Run the SQL on the database instead of printing it."
-)
+@click.option("--apply", is_flag=True, help="Run the SQL on the database instead of printing it.")
 @pass_context
 def bi_role(
     ctx: Context,
@@ -370,7 +368,9 @@ def _bi_password(password_env: str, password_file: str | None) -> str:
         try:
             password = Path(password_file).read_text().strip()
         except OSError as exc:
-            raise SyncdError(f"cannot read --password-file {password_file}: {exc.strerror}") from exc
+            raise SyncdError(
+                f"cannot read --password-file {password_file}: {exc.strerror}"
+            ) from exc
     else:
         password = os.environ.get(password_env, "")
     if not password:

@@ -160,7 +160,7 @@ def test_bi_role_needs_postgresql_and_a_password(tmp_path: object, pg_url: str) 
 def test_scram_verifier_matches_libpq() -> None:
     conn = psycopg.pq.PGconn.connect(b"")  # no server needed to encrypt
     theirs = conn.encrypt_password(PASSWORD.encode(), b"anyone", b"scram-sha-256").decode()
-    method, rest = theirs.split("$", 1)
+    _method, rest = theirs.split("$", 1)
     iterations, salt = rest.split("$")[0].split(":")
     ours = scram_verifier(PASSWORD, base64.b64decode(salt), int(iterations))
     assert ours == theirs

@@ -136,8 +136,8 @@ STO_EVENTS = [
         "2026-01-20 12:00:00",
     ),
     # a name updated later: the earlier admit carries the newest name
-    ev("n1", "2026-02-02 09:00:00", person="P7", name="Anna Newname", updated="2026-02-03 00:00:00"),
-    ev("n2", "2026-02-02 10:00:00", person="P7", name="Anna Oldname", updated="2026-02-02 10:00:00"),
+    ev("n1", "2026-02-02 09:00:00", person="P7", name="Anna New", updated="2026-02-03 00:00:00"),
+    ev("n2", "2026-02-02 10:00:00", person="P7", name="Anna Old", updated="2026-02-02 10:00:00"),
     # door states: D1 forced after normal; D2 older device_status stored after a tamper;
     # D3 a tie on occurred_at (the greater id wins); D4 has no state event
     ev("d1", "2026-01-10 10:00:00", "door_state", code=31, label="Door state normal", person=None),
@@ -279,7 +279,7 @@ def test_attendance_daily(bi: sa.Engine) -> None:
         ("sto", "2026-03-29", "P4", "Name P4", "2026-03-29 00:59:59", "2026-03-29 01:00:00", 2),
         ("sto", "2026-03-30", "P4", "Name P4", "2026-03-29 22:30:00", "2026-03-29 22:30:00", 1),
         ("sto", "2026-10-25", "P4", "Name P4", "2026-10-24 22:30:00", "2026-10-25 22:30:00", 4),
-        ("sto", "2026-02-02", "P7", "Anna Newname", "2026-02-02 09:00:00", "2026-02-02 10:00:00", 2),
+        ("sto", "2026-02-02", "P7", "Anna New", "2026-02-02 09:00:00", "2026-02-02 10:00:00", 2),
     ]
 
 

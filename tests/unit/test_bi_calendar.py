@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -56,7 +57,7 @@ def test_the_calendar_tiles_the_span_and_agrees_with_zoneinfo(zone: str) -> None
     days = list(local_days(zone))
     assert days[0].valid_from == CALENDAR_START
     assert days[-1].valid_until == CALENDAR_END
-    for before, after in zip(days, days[1:], strict=False):
+    for before, after in itertools.pairwise(days):
         assert before.valid_until == after.valid_from  # no gap, no overlap
     tz = ZoneInfo(zone)
     for d in days[::97]:  # spot checks across 130 years, both ends of each stretch

@@ -40,7 +40,8 @@ JOIN source_local_days AS d
 
 -- name: door_activity_daily
 -- How busy was each door each local day, and how much of it was denied?
--- IntServ reports no door id: its doors are told apart by name.
+-- IntServ reports no door id: its doors are told apart by name (and system_id,
+-- an extra column; DoorFlow's is null).
 CREATE VIEW door_activity_daily AS
 SELECT
     source,
@@ -50,10 +51,11 @@ SELECT
     count(*) FILTER (WHERE category = 'access_granted') AS granted,
     count(*) FILTER (WHERE category = 'access_denied') AS denied,
     count(*) FILTER (WHERE category = 'exit_request') AS exit_requests,
-    count(*) AS events
+    count(*) AS events,
+    system_id
 FROM events_local
 WHERE door_id IS NOT NULL OR door_name IS NOT NULL
-GROUP BY source, day, door_id, CASE WHEN door_id IS NULL THEN door_name END;
+GROUP BY source, day, system_id, door_id, CASE WHEN door_id IS NULL THEN door_name END;
 
 -- name: attendance_daily
 -- Who came in each local day, first and last admit.

@@ -38,7 +38,8 @@ JOIN source_local_days AS d
 
 -- name: door_activity_daily
 -- How busy was each door each local day, and how much of it was denied?
--- IntServ reports no door id: its doors are told apart by name.
+-- IntServ reports no door id: its doors are told apart by name (and system_id,
+-- an extra column; DoorFlow's is null).
 CREATE VIEW door_activity_daily AS
 SELECT
     source,
@@ -48,19 +49,21 @@ SELECT
     sum(category = 'access_granted') AS granted,
     sum(category = 'access_denied') AS denied,
     sum(category = 'exit_request') AS exit_requests,
-    count(*) AS events
+    count(*) AS events,
+    system_id
 FROM (
     SELECT
         *,
         CASE WHEN door_id IS NULL THEN door_name END AS door_key,
         first_value(door_name) OVER (
-            PARTITION BY source, day, door_id, CASE WHEN door_id IS NULL THEN door_name END
+            PARTITION BY source, day, system_id, door_id,
+                CASE WHEN door_id IS NULL THEN door_name END
             ORDER BY occurred_at DESC, id DESC
         ) AS newest_door_name
     FROM events_local
     WHERE door_id IS NOT NULL OR door_name IS NOT NULL
 )
-GROUP BY source, day, door_id, door_key;
+GROUP BY source, day, system_id, door_id, door_key;
 
 -- name: attendance_daily
 -- Who came in each local day, first and last admit.
