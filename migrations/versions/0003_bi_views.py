@@ -12,6 +12,11 @@ ship in the wheel as package data of ``syncd.migrations``.
 
 ``sources`` and ``source_local_days`` are filled by syncd (``syncd.bi``), not
 here: they come from the configuration, which a migration does not read.
+
+For later migrations: on PostgreSQL a view pins the columns it reads, so a
+migration that drops or retypes one of them must drop and recreate the
+views around it. On SQLite, batch mode's copy-and-rename of a table the views
+read works because ``migrations/env.py`` turns on ``legacy_alter_table``.
 """
 
 import re

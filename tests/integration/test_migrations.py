@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -90,3 +93,52 @@ def test_event_codes_are_filled_and_conflicts_noted(engine: sa.Engine) -> None:
         "access_granted", "access_denied", "exit_request", "door_state", "tamper",
         "remote_control", "device_status", "sync", "other",
     }  # fmt: skip
+
+
+LATER_REVISION = '''
+"""A later migration that makes SQLite copy tables the views read (batch mode)."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    for table in ("events", "sync_state", "rejected_events"):
+        with op.batch_alter_table(table, recreate="always") as batch:
+            batch.add_column(sa.Column("later", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    for table in ("events", "sync_state", "rejected_events"):
+        with op.batch_alter_table(table, recreate="always") as batch:
+            batch.drop_column("later")
+'''
+
+
+def test_a_later_migration_can_copy_the_tables_under_the_views(
+    sqlite_engine: sa.Engine, tmp_path: Path
+) -> None:
+    """SQLite only: batch mode's copy-and-rename is how SQLite alters (PostgreSQL ALTERs)."""
+    from alembic import command
+
+    engine = sqlite_engine
+    scripts = tmp_path / "migrations"
+    shutil.copytree(Path(migrate.alembic_config().get_main_option("script_location")), scripts)
+    head = migrate.head_revision()
+    (scripts / "versions" / "9999_later.py").write_text(LATER_REVISION.format(head=head))
+    config = migrate.alembic_config()
+    config.set_main_option("script_location", str(scripts))
+    for target in ("9999", str(head)):
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            if target == "9999":
+                command.upgrade(config, target)
+            else:
+                command.downgrade(config, target)
+        with engine.connect() as conn:
+            for view in ("events_local", "sync_health", "door_state_latest"):
+                conn.execute(sa.text(f"SELECT * FROM {view}")).all()
