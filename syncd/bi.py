@@ -49,6 +49,8 @@ __all__ = [
 # absent from the views that need one). 48k rows per source.
 CALENDAR_START = datetime(1970, 1, 1, tzinfo=UTC)
 CALENDAR_END = datetime(2100, 1, 1, tzinfo=UTC)
+# Advisory lock key of sync_sources (any constant apart from the per-source pass locks).
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd.sync_sources").digest()[:8], "big", signed=True)
 _STEP = timedelta(days=1)  # no zone changes its offset twice within a day (tzdb 1970-2100)
 
 
@@ -153,6 +155,7 @@ def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: dateti
     wanted = {c.name: SourceSettings.of(c) for c in configs}
     rewritten = 0
     with engine.begin() as conn:
+        _one_writer(conn)
         stored = {row.source: row for row in conn.execute(sa.select(sources))}
         for name in conn.execute(sa.select(sync_state.c.source)).scalars():
             if name not in wanted and name not in stored:
@@ -179,6 +182,20 @@ def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: dateti
                 _write_calendar(conn, name, changes)
                 rewritten += 1
     return rewritten
+
+
+def _one_writer(conn: sa.Connection) -> None:
+    """Serialize concurrent callers (replicas starting together) before anything is read.
+
+    Each then sees what the one before it committed, instead of both
+    inserting the same source.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    else:
+        # A write takes SQLite's write lock (waiting out busy_timeout) before
+        # the first read, so the reads are never a stale snapshot.
+        conn.execute(sa.text("UPDATE sources SET source = source WHERE 0"))
 
 
 def _write_calendar(

@@ -429,3 +429,35 @@ def test_the_calendar_written_by_sql_is_the_python_one(engine: sa.Engine, zone: 
     with engine.connect() as conn:
         stored = [LocalDay(*row) for row in conn.execute(query)]
     assert stored == list(local_days(zone))
+
+
+def test_concurrent_callers_write_each_source_once(engine: sa.Engine) -> None:
+    """Replicas starting together: every caller succeeds, one calendar per source."""
+    import threading
+
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+    zones = [replace(STO, name="one"), replace(NYC, name="two")]
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            sync_sources(engine, zones, NOW)
+        except BaseException as exc:  # the test reports it below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    counted = rows(
+        engine,
+        "SELECT source, count(*) FROM source_local_days WHERE source IN ('one', 'two') "
+        "GROUP BY source ORDER BY source",
+    )
+    assert counted == [
+        ("one", len(list(local_days(STO.timezone)))),
+        ("two", len(list(local_days(NYC.timezone)))),
+    ]
