@@ -206,8 +206,9 @@ def measure(url: str, runs: int, plans: bool) -> None:
     engine = create_engine(url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         conn.exec_driver_sql("SET TIME ZONE 'UTC'")
+        conn.exec_driver_sql("SET jit = off")  # as for the BI role (syncd bi-role)
         total = int(conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
-        print(f"\n{total:,} events; best of {runs} runs (warm cache)\n")
+        print(f"\n{total:,} events; best of {runs} runs (warm cache, jit off as for the BI role)\n")
         print(f"{'query':<52} {'rows':>7} {'ms':>9}")
         for name, sql in QUERIES:
             timings = []

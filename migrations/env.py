@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from syncd.db.schema import metadata
+from syncd.db.schema import MIGRATION_ONLY_INDEXES, metadata
 
 config = context.config
 
@@ -19,6 +19,11 @@ def _database_url() -> str:
     from syncd.config import load_settings
 
     return load_settings().database_url
+
+
+def include_name(name: str | None, type_: str, _parent: object) -> bool:
+    """Leave the expression indexes (created by migrations) out of autogenerate."""
+    return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
 
 
 def _run(connection: sa.Connection) -> None:
@@ -34,6 +39,7 @@ def _run(connection: sa.Connection) -> None:
         # SQLite can only ALTER through table copies; batch mode does that.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -5,7 +5,9 @@ The SQL is built here, printed or applied by the command. What the role gets:
 and view, the same by default on tables and views created later by the
 owner of syncd's tables (future migrations), a ``statement_timeout`` and
 read-only transactions. ``sync_state`` is the exception: the role may read
-every column but ``refresh_token`` (a rotated OAuth secret). ``sync_health``
+every column but ``refresh_token`` (a rotated OAuth secret). JIT is off for
+the role: it compiles each costly plan for up to seconds, longer than most
+BI queries over the views take to run. ``sync_health``
 reads ``sync_state`` too, and works for the role all the same, because a view
 runs with its owner's rights.
 
@@ -101,6 +103,8 @@ def role_sql(recipe: RoleRecipe, password_sql: str = f":'{PASSWORD_VARIABLE}'") 
         f"PASSWORD {password_sql}",
         f"ALTER ROLE {role} SET statement_timeout = {_literal(recipe.statement_timeout)}",
         f"ALTER ROLE {role} SET default_transaction_read_only = on",
+        # BI queries are many and short: JIT compilation costs them seconds
+        f"ALTER ROLE {role} SET jit = off",
         f"GRANT CONNECT ON DATABASE {_ident(recipe.database)} TO {role}",
         f"GRANT USAGE ON SCHEMA {schema} TO {role}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",

@@ -71,10 +71,24 @@ def upgrade() -> None:
         sa.Column("source", sa.Text(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("valid_from", UTC_TS(), nullable=False),
+        sa.Column("utc_date", sa.Date(), nullable=False),
         sa.Column("valid_until", UTC_TS(), nullable=False),
         sa.Column("utc_offset_seconds", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("source", "day", "valid_from", name="pk_source_local_days"),
     )
+    op.create_index(
+        "ix_source_local_days_source_utc_date", "source_local_days", ["source", "utc_date"]
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        # The views join events to the calendar on (source, UTC date) and a
+        # range of occurred_at: this index answers all three conditions in one
+        # scan, and its statistics give the planner a good estimate (a join
+        # on a range alone is estimated at a third of the table per day).
+        # SQLite's planner does well with (source, occurred_at).
+        op.execute(
+            "CREATE INDEX ix_events_source_utc_date ON events "
+            "(source, CAST(occurred_at AT TIME ZONE 'UTC' AS date), occurred_at)"
+        )
     # door_state_latest: the newest state event per door is the first entry
     # of its (source, door_id) range, read backwards; partial, because state
     # events are a small share of all events.
@@ -94,5 +108,8 @@ def downgrade() -> None:
     for view in reversed(VIEWS):
         op.execute(f"DROP VIEW {view}")
     op.drop_index("ix_events_door_state_latest", table_name="events")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_events_source_utc_date", table_name="events")
+    op.drop_index("ix_source_local_days_source_utc_date", table_name="source_local_days")
     op.drop_table("source_local_days")
     op.drop_table("sources")

@@ -53,14 +53,14 @@ def test_migrate_and_sync_write_the_configured_settings(
     env = {"DF_TOKEN": "x"}
     migrated = syncd(*args, "migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
-    # 2026-10-25 is a daylight-saving day in Stockholm: two stretches of the calendar
+    # 2026-10-25 in Stockholm: cut at UTC midnight and at the daylight-saving change
     assert [(*row[:3], row[3][:8], row[4][:8], row[5]) for row in settings_in_db(url)] == [
-        ("hq", "doorflow", "Europe/Stockholm", "07:00:00", "18:00:00", "2")
+        ("hq", "doorflow", "Europe/Stockholm", "07:00:00", "18:00:00", "3")
     ]
     config.write_text(CONFIG.format(zone="Asia/Kolkata", hours="22:00-06:00"))
     synced = syncd(*args, "sync", env=env)  # the vendor is unreachable: the pass fails ...
     assert synced.returncode == 1
     got = settings_in_db(url)  # ... but the settings were written before it
     assert [(*row[:3], row[3][:8], row[4][:8], row[5]) for row in got] == [
-        ("hq", "doorflow", "Asia/Kolkata", "22:00:00", "06:00:00", "1")
+        ("hq", "doorflow", "Asia/Kolkata", "22:00:00", "06:00:00", "2")  # UTC midnight
     ]

@@ -80,6 +80,7 @@ def check_read_only_role(pg_url: str, role: str) -> None:
         ]
         assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert conn.execute("SHOW jit").fetchone() == ("off",)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT refresh_token FROM sync_state")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -422,7 +422,13 @@ def test_the_calendar_written_by_sql_is_the_python_one(engine: sa.Engine, zone: 
     assert sync_sources(engine, [site], NOW) == 1
     table = source_local_days
     query = (
-        sa.select(table.c.day, table.c.valid_from, table.c.valid_until, table.c.utc_offset_seconds)
+        sa.select(
+            table.c.day,
+            table.c.utc_date,
+            table.c.valid_from,
+            table.c.valid_until,
+            table.c.utc_offset_seconds,
+        )
         .where(table.c.source == "cal")
         .order_by(table.c.valid_from)
     )

@@ -10,7 +10,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from syncd.db import migrate
-from syncd.db.schema import metadata
+from syncd.db.schema import MIGRATION_ONLY_INDEXES, metadata
+
+
+def include_name(name: str | None, type_: str, _parent: object) -> bool:
+    """As migrations/env.py: expression indexes are the migrations' alone."""
+    return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
+
 
 TABLES = {"events", "sync_state", "rejected_events", "event_codes", "alembic_version"}
 
@@ -32,7 +38,8 @@ def test_upgrade_downgrade_upgrade(engine: sa.Engine) -> None:
 
 def test_the_migrated_schema_has_no_drift_from_the_tables(engine: sa.Engine) -> None:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_name": include_name}
+        context = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(context, metadata) == []
 
 

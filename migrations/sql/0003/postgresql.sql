@@ -2,9 +2,9 @@
 -- change to a view is a new migration with its own copy of the SQL.
 --
 -- Local days come from source_local_days (see syncd/bi.py): one row per
--- stretch of UTC time that is one local day at one UTC offset. day is a
--- plain column there, so WHERE day BETWEEN ... picks a few calendar rows and
--- then index ranges of events (source, occurred_at); nothing depends on the
+-- stretch of UTC time that is one local day and one UTC date at one UTC
+-- offset. day is a plain column there, so WHERE day BETWEEN ... picks a few
+-- calendar rows and then index ranges of events; nothing depends on the
 -- session TimeZone (AT TIME ZONE 'UTC' is constant).
 
 -- name: events_local
@@ -31,10 +31,9 @@ SELECT
 FROM events AS e
 JOIN source_local_days AS d
     ON d.source = e.source
-    -- redundant with the next line, but indexable from the event's side:
-    -- a local day is within one day of the UTC date (offsets are < 24 h)
-    AND d.day BETWEEN CAST(e.occurred_at AT TIME ZONE 'UTC' AS date) - 1
-                  AND CAST(e.occurred_at AT TIME ZONE 'UTC' AS date) + 1
+    -- equality on the UTC date: indexed on both sides (ix_events_source_utc_date,
+    -- ix_source_local_days_source_utc_date) and well estimated by the planner
+    AND d.utc_date = CAST(e.occurred_at AT TIME ZONE 'UTC' AS date)
     AND e.occurred_at >= d.valid_from
     AND e.occurred_at < d.valid_until;
 
@@ -134,18 +133,46 @@ WHERE l.category = 'access_granted'
 
 -- name: door_state_latest
 -- What state is each door in now (its newest door_state/tamper/device_status event)?
+-- A skip scan of ix_events_door_state_latest: the recursive part steps from
+-- one (source, door_id) to the next in the index, then each door's newest
+-- state event is one backward index probe. Two probes a door, however many
+-- state events there are (a DISTINCT ON would read them all).
 CREATE VIEW door_state_latest AS
-SELECT DISTINCT ON (source, door_id)
-    source,
-    door_id,
-    door_name,
-    event_code,
-    label,
-    category,
-    occurred_at AS changed_at
-FROM events
-WHERE category IN ('door_state', 'tamper', 'device_status') AND door_id IS NOT NULL
-ORDER BY source, door_id, occurred_at DESC, id DESC;
+WITH RECURSIVE doors (source, door_id) AS (
+    (
+        SELECT source, door_id FROM events
+        WHERE category IN ('door_state', 'tamper', 'device_status') AND door_id IS NOT NULL
+        ORDER BY source, door_id
+        LIMIT 1
+    )
+    UNION ALL
+    SELECT later.source, later.door_id
+    FROM doors
+    CROSS JOIN LATERAL (
+        SELECT e.source, e.door_id FROM events AS e
+        WHERE e.category IN ('door_state', 'tamper', 'device_status') AND e.door_id IS NOT NULL
+            AND (e.source, e.door_id) > (doors.source, doors.door_id)
+        ORDER BY e.source, e.door_id
+        LIMIT 1
+    ) AS later
+)
+SELECT
+    newest.source,
+    newest.door_id,
+    newest.door_name,
+    newest.event_code,
+    newest.label,
+    newest.category,
+    newest.occurred_at AS changed_at
+FROM doors
+CROSS JOIN LATERAL (
+    SELECT e.source, e.door_id, e.door_name, e.event_code, e.label, e.category, e.occurred_at
+    FROM events AS e
+    WHERE e.source = doors.source AND e.door_id = doors.door_id
+        AND e.category IN ('door_state', 'tamper', 'device_status')
+    ORDER BY e.occurred_at DESC, e.id DESC
+    LIMIT 1
+) AS newest;
 
 -- name: sync_health
 -- Is every source syncing? (No refresh token here: the view reads

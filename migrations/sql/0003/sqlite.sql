@@ -30,9 +30,8 @@ SELECT
 FROM events AS e
 JOIN source_local_days AS d
     ON d.source = e.source
-    -- redundant with the next line, but indexable from the event's side:
-    -- a local day is within one day of the UTC date (offsets are < 24 h)
-    AND d.day BETWEEN date(e.occurred_at, '-1 day') AND date(e.occurred_at, '+1 day')
+    -- equality on the UTC date: indexed from the event's side
+    AND d.utc_date = date(e.occurred_at)
     AND e.occurred_at >= d.valid_from
     AND e.occurred_at < d.valid_until;
 
