@@ -37,17 +37,9 @@ __all__ = [
 ]
 
 PASSWORD_VARIABLE = "bi_password"  # noqa: S105 (the name of a psql variable)
-SECRET_COLUMNS = {"sync_state": ("refresh_token",)}
-# sync_state's columns a BI role may read: all but the secret.
-SYNC_STATE_READABLE = (
-    "source",
-    "cursor",
-    "last_success_at",
-    "last_error",
-    "last_error_at",
-    "consecutive_failures",
-    "updated_at",
-)
+# sync_state's columns a BI role may not read: the rotated OAuth refresh token,
+# and (from a later migration) the digest of the configured one it descends from.
+SECRET_COLUMNS = {"sync_state": ("refresh_token", "refresh_token_origin")}
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TIMEOUT = re.compile(r"^\d+(ms|s|min|h)?$")
 
@@ -87,7 +79,15 @@ def role_sql(recipe: RoleRecipe, password_sql: str = f":'{PASSWORD_VARIABLE}'") 
     """The statements, in order. ``password_sql`` is the password's SQL (a quoted literal
     when applying, the psql variable when printing)."""
     role, schema = _ident(recipe.role), _ident(recipe.schema)
-    readable = ", ".join(SYNC_STATE_READABLE)
+    secret = ", ".join(_literal(c) for c in SECRET_COLUMNS["sync_state"])
+    # every other column of sync_state, as the table is when this runs
+    readable = (
+        "DO $$ BEGIN EXECUTE 'GRANT SELECT (' || (SELECT string_agg(quote_ident(column_name), "
+        "', ' ORDER BY ordinal_position) FROM information_schema.columns "
+        f"WHERE table_schema = {_literal(recipe.schema)} AND table_name = 'sync_state' "
+        f"AND column_name NOT IN ({secret})) || ') ON {recipe.schema}.sync_state TO "
+        f"{recipe.role}'; END $$"
+    )
     # The owner of syncd's tables creates the future ones (migrations): default
     # privileges are set for that role, whoever runs this script.
     owner_default = (
@@ -109,7 +109,7 @@ def role_sql(recipe: RoleRecipe, password_sql: str = f":'{PASSWORD_VARIABLE}'") 
         f"GRANT USAGE ON SCHEMA {schema} TO {role}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
         f"REVOKE ALL ON {schema}.sync_state FROM {role}",
-        f"GRANT SELECT ({readable}) ON {schema}.sync_state TO {role}",
+        readable,
         owner_default,
     ]
 
