@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zoneinfo
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -45,6 +47,7 @@ __all__ = [
     "local_days",
     "sync_sources",
     "transitions",
+    "zone_digest",
 ]
 
 # The span the calendar covers; an event outside it has no local day (and is
@@ -148,10 +151,28 @@ def _split_by_local_day(begin: datetime, stop: datetime, offset: int) -> Iterato
 
 
 @lru_cache(maxsize=64)
-def _rules(zone_name: str) -> tuple[str, tuple[tuple[datetime, int], ...]]:
-    """A zone's offset changes and a digest of them (it changes with tzdata)."""
-    changes = tuple(transitions(zone_name))
-    return hashlib.sha256(repr(changes).encode()).hexdigest()[:16], changes
+def _rules(zone_name: str) -> tuple[tuple[datetime, int], ...]:
+    """A zone's offset changes over the calendar's span (a fraction of a second)."""
+    return tuple(transitions(zone_name))
+
+
+@lru_cache(maxsize=64)
+def zone_digest(zone_name: str) -> str:
+    """A digest of the zone's rules as zoneinfo reads them; it changes with tzdata.
+
+    The compiled zone file's bytes when zoneinfo reads one (system tzdata or
+    the ``tzdata`` package): reading it costs nothing, so every ``syncd sync``
+    can check its calendars. Else the transitions themselves.
+    """
+    for base in zoneinfo.TZPATH:
+        path = Path(base, zone_name)
+        if path.is_file():
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    try:
+        data = resources.files("tzdata.zoneinfo").joinpath(*zone_name.split("/")).read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return hashlib.sha256(repr(_rules(zone_name)).encode()).hexdigest()[:16]
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: datetime) -> int:
@@ -171,7 +192,7 @@ def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: dateti
             if name not in wanted and name not in stored:
                 wanted[name] = SourceSettings(name, "", "UTC", time(6), time(21))
         for name, settings in wanted.items():
-            digest, changes = _rules(settings.timezone)
+            digest = zone_digest(settings.timezone)
             row = stored.get(name)
             values = {
                 "kind": settings.kind or (row.kind if row else None) or None,
@@ -189,7 +210,7 @@ def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: dateti
                     .values(updated_at=now, **values)
                 )
             if row is None or row.calendar_digest != digest:
-                _write_calendar(conn, name, changes)
+                _write_calendar(conn, name, _rules(settings.timezone))
                 rewritten += 1
         if rewritten and conn.dialect.name == "postgresql":
             # Fresh statistics at once (autovacuum may take minutes): without

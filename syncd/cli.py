@@ -157,7 +157,6 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         )
     sources = [settings.source(name) for name in names] if names else list(settings.sources)
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
-    sync_sources(store.engine, settings.sources, datetime.now(UTC))
     failed = 0
     for source in sources:
         result = run_pass(store, source)
@@ -173,6 +172,9 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         else:
             failed += 1
             click.echo(f"syncd: {source.name} failed: {result.error}", err=True)
+    # After the passes, which do not need it: the views do (and a first
+    # calendar write must not delay the first page).
+    sync_sources(store.engine, settings.sources, datetime.now(UTC))
     if failed:
         raise SystemExit(1)
 
