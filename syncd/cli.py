@@ -25,6 +25,7 @@ from syncd.errors import DatabaseUnavailable, SyncdError
 from syncd.simulators.cli import simulate
 
 if TYPE_CHECKING:
+    from syncd.bi_role import RoleRecipe
     from syncd.config import SourceConfig
     from syncd.db.store import Store
     from syncd.engine import PassResult
@@ -107,6 +108,7 @@ def cli(
 @pass_context
 def migrate(ctx: Context) -> None:
     """Upgrade the database to the newest schema."""
+    from syncd.bi import sync_sources
     from syncd.db import migrate as migrations
     from syncd.db.engine import describe_url
 
@@ -114,6 +116,7 @@ def migrate(ctx: Context) -> None:
     before = migrations.current_revision(engine)
     migrations.upgrade(engine)
     after = migrations.current_revision(engine)
+    sync_sources(engine, ctx.settings.sources, datetime.now(UTC))
     where = describe_url(ctx.settings.database_url)
     if before == after:
         click.echo(f"{where}: schema already current (revision {after})")
@@ -148,6 +151,7 @@ def _ready_engine(ctx: Context, *, migrate_if_empty: bool) -> sa.Engine:
 @pass_context
 def sync(ctx: Context, names: Sequence[str]) -> None:
     """One incremental pass of each (or each named) source, then exit."""
+    from syncd.bi import sync_sources
     from syncd.db.store import Store
     from syncd.engine import run_pass
 
@@ -175,6 +179,9 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         else:
             failed += 1
             click.echo(f"syncd: {source.name} failed: {result.error}", err=True)
+    # After the passes, which do not need it: the views do (and a first
+    # calendar write must not delay the first page).
+    sync_sources(store.engine, settings.sources, datetime.now(UTC))
     if failed:
         raise SystemExit(1)
 
@@ -381,6 +388,102 @@ def demo(ctx: Context, passes: int, keep_running: bool, interval: float) -> None
     )
     if status:
         raise SystemExit(status)
+
+
+@cli.command("bi-role")
+@click.option(
+    "--role",
+    default="syncd_bi",
+    show_default=True,
+    metavar="NAME",
+    envvar="SYNCD_BI_ROLE",
+    help="Role name (else $SYNCD_BI_ROLE).",
+)
+@click.option(
+    "--password-env",
+    default="SYNCD_BI_PASSWORD",
+    show_default=True,
+    metavar="VAR",
+    help="Environment variable holding the role's password (for --apply).",
+)
+@click.option(
+    "--password-file",
+    default=None,
+    metavar="PATH",
+    help="File holding the role's password (for --apply; wins over --password-env).",
+)
+@click.option(
+    "--statement-timeout",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="Longest query the role may run (PostgreSQL units: ms, s, min, h).",
+)
+@click.option("--apply", is_flag=True, help="Run the SQL on the database instead of printing it.")
+@pass_context
+def bi_role(
+    ctx: Context,
+    role: str,
+    password_env: str,
+    password_file: str | None,
+    statement_timeout: str,
+    apply: bool,
+) -> None:
+    """A read-only PostgreSQL role for BI tools: print the SQL, or --apply it."""
+    from syncd.bi_role import RoleRecipe, role_script
+
+    url = sa.make_url(ctx.settings.database_url)
+    if url.get_backend_name() != "postgresql":
+        raise SyncdError(
+            "bi-role is for PostgreSQL; the database is "
+            f"{url.get_backend_name()} (SQLite has no roles: share the file read-only)"
+        )
+    recipe = RoleRecipe(
+        role=role, database=url.database or "postgres", statement_timeout=statement_timeout
+    )
+    if not apply:
+        click.echo(role_script(recipe), nl=False)
+        return
+    password = _bi_password(password_env, password_file)
+    _apply_role(_ready_engine(ctx, migrate_if_empty=False), recipe, password)
+    click.echo(
+        f"role {role} can now read every syncd table and view (but not "
+        f"sync_state.refresh_token), read-only, statement_timeout {statement_timeout}"
+    )
+
+
+def _bi_password(password_env: str, password_file: str | None) -> str:
+    import os
+    from pathlib import Path
+
+    if password_file is not None:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise SyncdError(
+                f"cannot read --password-file {password_file}: {exc.strerror}"
+            ) from exc
+    else:
+        password = os.environ.get(password_env, "")
+    if not password:
+        raise SyncdError(
+            f"--apply needs the role's password: set ${password_env} or use --password-file"
+        )
+    return password
+
+
+def _apply_role(engine: sa.Engine, recipe: RoleRecipe, password: str) -> None:
+    from dataclasses import replace
+
+    from syncd.bi_role import role_sql, scram_verifier
+
+    # The server gets a SCRAM verifier, never the password: not even a
+    # server log of DDL statements can show it.
+    verifier = "'" + scram_verifier(password) + "'"
+    with engine.begin() as conn:
+        database = conn.exec_driver_sql("SELECT current_database()").scalar_one()
+        for statement in role_sql(replace(recipe, database=database), password_sql=verifier):
+            conn.exec_driver_sql(statement)
 
 
 cli.add_command(simulate)

@@ -22,7 +22,7 @@ from syncd.db import migrate
 from syncd.db.engine import create_engine
 from syncd.db.store import Store
 
-TABLES = ("events", "sync_state", "rejected_events")
+TABLES = ("events", "sync_state", "rejected_events", "sources", "source_local_days")
 
 
 def _admin_dsn(url: str) -> str:
@@ -61,7 +61,7 @@ def empty_pg_url(pg_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _empty(engine: sa.Engine) -> None:
+def empty_tables(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
@@ -73,7 +73,7 @@ def _empty(engine: sa.Engine) -> None:
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(pg_url)
-    _empty(engine)
+    empty_tables(engine)
     yield engine
     engine.dispose()
 
