@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import httpx
 
     from syncd.config import SourceConfig
+    from syncd.sources.http import RetryHooks
 
 Cursor = Mapping[str, Any]
 """A connector's position, stored as JSON in ``sync_state.cursor``."""
@@ -60,6 +61,8 @@ class SourceContext:
     ``count_unplaced`` counts its rejected records that had no readable time.
     ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token,
     and ``save_refresh_token`` commits a new one at once, before it is used.
+    ``retry_hooks`` (the daemon's) make retry waits interruptible and counted;
+    a connector hands them on with ``RetryPolicy.for_source(config, context)``.
     """
 
     codes: Mapping[int, CodeInfo] = field(default_factory=dict)
@@ -67,6 +70,7 @@ class SourceContext:
     count_unplaced: Callable[[], int] | None = None
     refresh_token: str | None = None
     save_refresh_token: Callable[[str], None] | None = None
+    retry_hooks: RetryHooks | None = None
 
 
 class Source(Protocol):
