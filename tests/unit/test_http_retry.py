@@ -20,7 +20,7 @@ from syncd.errors import (
 )
 from syncd.sources.http import RetryHooks, RetryPolicy, retry_reason, send
 
-FAST = dict(backoff_initial=0.001, backoff_max=0.002)
+FAST: dict[str, float] = {"backoff_initial": 0.001, "backoff_max": 0.002}
 
 
 def _client(answers: Iterator[Callable[[httpx.Request], httpx.Response]]) -> httpx.Client:
