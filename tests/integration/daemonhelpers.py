@@ -9,14 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,12 +52,8 @@ def http(
     headers: Mapping[str, str] | None = None,
     timeout: float = 5.0,
 ) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    response = httpx.request(method, url, content=body, headers=headers, timeout=timeout)
+    return response.status_code, response.content
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:

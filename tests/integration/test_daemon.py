@@ -139,7 +139,8 @@ def test_daemon_through_faults_and_webhooks_then_sigterm_matches_truth(
             metrics = daemon.metrics()
             code = daemon.stop()
         assert code == 0
-        assert daemon.stopped_in is not None and daemon.stopped_in < 10.0
+        assert daemon.stopped_in is not None
+        assert daemon.stopped_in < 10.0
 
         store = Store(pg_engine)
         doorflow_matches_truth(store, "hq", doorflow)
@@ -226,7 +227,7 @@ def test_max_pass_duration_cancels_and_sigterm_ends_a_60s_retry_after(
         with running_daemon(config, sqlite_url, port, {"T": sim.token}) as daemon:
 
             def cancelled_twice() -> bool:
-                return len([e for e in daemon.events("pass_cancelled")]) >= 2
+                return len(daemon.events("pass_cancelled")) >= 2
 
             # Two cancellations: the second pass got the lock the first one released.
             wait_for(cancelled_twice, 20, "two cancelled passes of 'capped'")
@@ -241,5 +242,6 @@ def test_max_pass_duration_cancels_and_sigterm_ends_a_60s_retry_after(
                 "a 60 s Retry-After wait",
             )
             assert daemon.stop() == 0
-            assert daemon.stopped_in is not None and daemon.stopped_in < 10.0
+            assert daemon.stopped_in is not None
+            assert daemon.stopped_in < 10.0
         assert {e["event"] for e in daemon.logs()} >= {"daemon_stopping", "daemon_stopped"}
