@@ -146,7 +146,7 @@ def running_daemon(
                 raise AssertionError(b"".join(daemon.lines).decode(errors="replace"))
             try:
                 return daemon.get("/healthz")[0] == 200
-            except OSError:
+            except (OSError, httpx.HTTPError):
                 return False
 
         wait_for(up, ready_timeout, "the daemon's /healthz")
