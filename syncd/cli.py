@@ -207,6 +207,10 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
     # a connection attempt to an unreachable server gives up after a few seconds.
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
+        # A pass holds two connections (its source lock's and the page
+        # writes'); webhook writes, readiness and gauges need a few more.
+        options["pool_size"] = 2 * settings.daemon.workers + 4
+        options["max_overflow"] = 4
         options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **options)
     check_connection(engine)

@@ -22,6 +22,7 @@ failing passes.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -45,6 +46,11 @@ from syncd.metrics import CountingTransport, Metrics
 from syncd.sources.http import RetryHooks
 
 log = structlog.get_logger(__name__)
+
+# A pass that outlasts its interval makes APScheduler warn at every missed
+# run ("maximum number of running instances reached"): with max_instances=1
+# and coalescing that is the intended behaviour, not news.
+logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 FIRST_PASS_SPREAD = 60.0  # seconds: the first passes start within this, spread
 JITTER_SHARE = 0.1
