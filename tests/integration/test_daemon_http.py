@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -218,7 +217,7 @@ def test_readyz_is_503_during_a_database_outage_and_everything_resumes(
                 "a first pass",
             )
             _set_outage(dsn, url, down=True)
-            status, body = wait_for(
+            _status, body = wait_for(
                 lambda: (r := daemon.get("/readyz"))[0] == 503 and r, 10, "readyz 503"
             )
             answer = orjson.loads(body)
@@ -285,7 +284,7 @@ def test_a_real_prometheus_scrapes_the_metrics(tmp_path: Path, sqlite_url: str) 
                 def query(expr: str) -> list[dict[str, object]]:
                     try:
                         got = httpx.get(f"{api}/query", params={"query": expr}, timeout=2).json()
-                    except (httpx.HTTPError, ValueError, socket.error):
+                    except (httpx.HTTPError, ValueError, OSError):
                         return []
                     result: list[dict[str, object]] = got.get("data", {}).get("result", [])
                     return result
