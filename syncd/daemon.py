@@ -18,7 +18,6 @@ from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
 
-import httpx
 import sqlalchemy as sa
 import structlog
 
@@ -53,7 +52,7 @@ class Daemon:
         *,
         host: str,
         port: int,
-        transport: TransportFactory = httpx.HTTPTransport,
+        transport: TransportFactory | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings

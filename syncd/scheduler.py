@@ -61,6 +61,13 @@ WATCH_EVERY = 0.5  # seconds between watchdog looks at running passes
 TransportFactory = Callable[[], httpx.BaseTransport]
 
 
+def shared_tls_transports() -> TransportFactory:
+    """Transports that share one TLS context: building a context costs ~0.2 s of CPU
+    and a few hundred kB, once per source otherwise (1,000 sources: minutes)."""
+    context = httpx.create_ssl_context()
+    return lambda: httpx.HTTPTransport(verify=context)
+
+
 def backoff_delay(failures: int, interval: float) -> float:
     """Seconds until the next pass of a source that failed ``failures`` times in a row.
 
@@ -124,14 +131,14 @@ class PassScheduler:
         *,
         workers: int,
         metrics: Metrics | None = None,
-        transport: TransportFactory = httpx.HTTPTransport,
+        transport: TransportFactory | None = None,
         clock: Callable[[], datetime] = utcnow,
         on_result: Callable[[PassResult], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
-        self.transport = transport
+        self.transport = transport or shared_tls_transports()
         self.clock = clock
         self.on_result = on_result
         self.rng = rng or random.Random()
@@ -173,7 +180,7 @@ class PassScheduler:
         self.scheduler.start()
         self._watchdog.start()
 
-    def add_job(self, func: Callable[[], None], seconds: float, name: str) -> None:
+    def add_job(self, func: Callable[[], object], seconds: float, name: str) -> None:
         """Another periodic job on the same scheduler (the demo's simulated traffic)."""
         self.scheduler.add_job(func, IntervalTrigger(seconds=seconds, timezone=UTC), name=name)
 
