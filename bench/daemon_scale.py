@@ -103,7 +103,7 @@ def config_text(port: int, sims: list[tuple[str, Any]], per_sim: int, hook: Any)
 def newest_stored(engine: sa.Engine) -> dict[str, datetime]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT source, max(occurred_at) FROM events GROUP BY source"))
-        return dict(rows.tuples().all())
+        return dict(tuple(row) for row in rows)
 
 
 def sim_newest(kind: str, sim: Any, before: datetime) -> datetime | None:
