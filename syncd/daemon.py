@@ -122,7 +122,7 @@ class Daemon:
 
     def stop(self, grace: float = STOP_GRACE) -> bool:
         """The contract's stop; True when every pass ended within ``grace``."""
-        log.info("daemon_stopping", running_passes=self.passes._busy())
+        log.info("daemon_stopping", running_passes=self.passes.busy())
         clean = self.passes.stop(grace)
         self.fetcher.close()
         self.server.stop()

@@ -196,15 +196,16 @@ class PassScheduler:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         deadline = time.monotonic() + grace
-        while self._busy() and time.monotonic() < deadline:
+        while self.busy() and time.monotonic() < deadline:
             time.sleep(0.02)
-        busy = self._busy()
+        busy = self.busy()
         for slot in self._slots.values():
             if slot.runtime is not None and slot.started is None:
                 slot.runtime.close()
         return not busy
 
-    def _busy(self) -> list[str]:
+    def busy(self) -> list[str]:
+        """The sources with a pass running now."""
         return [name for name, slot in self._slots.items() if slot.started is not None]
 
     def _load_state(self) -> None:

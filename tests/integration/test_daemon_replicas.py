@@ -4,13 +4,17 @@ and the sources of a process that dies are picked up by the other."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from syncd.config import Secret, SourceConfig
+from syncd.db.store import Store
+from syncd.engine import run_pass
 from syncd.simulators import DoorFlowSimulator, Faults
 from tests.integration.daemonhelpers import (
     DaemonProcess,
@@ -108,3 +112,51 @@ def test_two_daemons_share_ten_sources_without_overlap_and_one_takes_over(
         # Both did real work on the same sources, kept apart by the lock alone.
         assert sum(len(s) for s in spans_a.values()) >= 3
         assert sum(len(s) for s in spans_b.values()) >= 3
+
+
+def test_a_pass_whose_lock_connection_dies_commits_no_further_page(pg_engine: sa.Engine) -> None:
+    """The session lock dies with its connection: another replica may take the source
+    at once, so the pass must stop before its next page."""
+    store = Store(pg_engine)
+    page = 20
+    with DoorFlowSimulator(seed=71, history=400, faults=Faults(latency=0.1)) as sim:
+        config = SourceConfig(
+            name="lockloss",
+            kind="doorflow",
+            base_url=sim.base_url,
+            token=Secret(sim.token),
+            page_size=page,
+            start=datetime.now(UTC) - timedelta(days=31),
+        )
+        at_kill: list[int] = []
+
+        def kill_the_lock_connection() -> None:
+            wait_for(lambda: _count(pg_engine) >= page, 30, "a first page", every=0.02)
+            with pg_engine.connect() as conn:
+                killed = conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
+                        "JOIN pg_database d ON d.oid = l.database "
+                        "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+                    )
+                ).scalar_one()
+            assert killed == 1
+            at_kill.append(_count(pg_engine))
+
+        killer = threading.Thread(target=kill_the_lock_connection)
+        killer.start()
+        result = run_pass(store, config)
+        killer.join()
+    assert not result.ok
+    assert result.error is not None
+    assert "lost the lock" in result.error
+    assert _count(pg_engine) - at_kill[0] <= page  # at most the page already being written
+    assert _count(pg_engine) < len(sim.truth())
+    # The lock is free again: the next pass (this process or another) gets it.
+    with store.source_lock("lockloss") as acquired:
+        assert acquired
+
+
+def _count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
