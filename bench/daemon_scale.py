@@ -80,18 +80,17 @@ def passes(url: str) -> dict[str, float]:
     return out
 
 
-def config_text(port: int, sims: list[tuple[str, Any]], per_sim: int, hook: Any) -> str:
+def config_text(port: int, sims: list[Sim], polled: int, hook: Any) -> str:
+    """``polled`` sources spread round-robin over ``sims``, plus the webhook source."""
     lines = [f'[daemon]\nlisten = "127.0.0.1:{port}"\n']
-    count = 0
-    for kind, sim in sims:
+    for n in range(polled):
+        kind, sim = sims[n % len(sims)]
         secret = "token_env" if kind == "doorflow" else "api_key_env"
-        for _ in range(per_sim):
-            lines.append(
-                f'[[sources]]\nname = "s{count:04d}"\nkind = "{kind}"\n'
-                f'base_url = "{sim.base_url}"\n{secret} = "KEY_{id(sim)}"\n'
-                f"interval = {INTERVAL}\n"
-            )
-            count += 1
+        lines.append(
+            f'[[sources]]\nname = "s{n:04d}"\nkind = "{kind}"\n'
+            f'base_url = "{sim.base_url}"\n{secret} = "KEY_{id(sim)}"\n'
+            f"interval = {INTERVAL}\n"
+        )
     lines.append(
         f'[[sources]]\nname = "hook"\nkind = "doorflow"\nbase_url = "{hook.base_url}"\n'
         f'token_env = "KEY_{id(hook)}"\nwebhook_secret_env = "HOOK_SECRET"\n'
@@ -195,7 +194,7 @@ def measure(
 
 
 def behind_sources(
-    sims: list[Sim], per_sim: int, engine: sa.Engine
+    sims: list[Sim], polled: int, engine: sa.Engine
 ) -> tuple[list[str], list[float]]:
     """Sources whose newest stored event is older than their simulator's newest of
     one interval plus 20 s ago; and every source's newest-event age."""
@@ -203,14 +202,13 @@ def behind_sources(
     cutoff = datetime.fromtimestamp(end.timestamp() - INTERVAL - 20, UTC)
     stored = newest_stored(engine)
     behind, ages = [], []
-    for index, (kind, sim) in enumerate(sims):
-        expected = sim_newest(kind, sim, cutoff)
-        for n in range(index * per_sim, (index + 1) * per_sim):
-            have = stored.get(f"s{n:04d}")
-            if expected is not None and (have is None or have < expected):
-                behind.append(f"s{n:04d}")
-            if have is not None:
-                ages.append((end - have).total_seconds())
+    expected = [sim_newest(kind, sim, cutoff) for kind, sim in sims]
+    for n in range(polled):
+        due, have = expected[n % len(sims)], stored.get(f"s{n:04d}")
+        if due is not None and (have is None or have < due):
+            behind.append(f"s{n:04d}")
+        if have is not None:
+            ages.append((end - have).total_seconds())
     return behind, ages
 
 
@@ -255,15 +253,15 @@ def main() -> int:
 
     port = free_port()
     sims, hook = start_simulators(args, port)
-    per_sim = (args.sources - 1) // args.simulators
-    sources = per_sim * args.simulators + 1
+    polled = args.sources - 1  # and one webhook source
+    sources = args.sources
     env = {**os.environ, "HOOK_SECRET": SECRET}
     for kind, sim in [*sims, ("doorflow", hook)]:
         env[f"KEY_{id(sim)}"] = sim.token if kind == "doorflow" else sim.api_key
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.database_url) as db_url:
         config = Path(tmp) / "syncd.toml"
-        config.write_text(config_text(port, sims, per_sim, hook))
+        config.write_text(config_text(port, sims, polled, hook))
         argv = [sys.executable, "-m", "syncd.cli", "--config", str(config)]
         argv += ["--database-url", db_url, "--log-level", "warning", "run", "--migrate"]
         with open(Path(tmp) / "daemon.log", "wb") as log:
@@ -275,7 +273,7 @@ def main() -> int:
             print(f"{sources} sources up; warming up {args.warmup:.0f}s", flush=True)
             time.sleep(args.warmup)
             got = measure(proc, url, hook, engine, args.measure)
-            got["behind"], got["ages"] = behind_sources(sims, per_sim, engine)
+            got["behind"], got["ages"] = behind_sources(sims, polled, engine)
         finally:
             proc.send_signal(signal.SIGTERM)
             stopping = time.monotonic()
