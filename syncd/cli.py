@@ -203,9 +203,11 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
         else (settings.daemon.host, settings.daemon.port)
     )
     url = settings.database_url
-    # A dead connection is replaced, not handed to a pass (database restarts);
-    # a connection attempt to an unreachable server gives up after a few seconds.
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # No pre-ping (a round trip per checkout, several per pass): after a
+    # database restart the first use of a dead connection fails that pass and
+    # SQLAlchemy discards the pool's connections; the next pass reconnects. A
+    # connection attempt to an unreachable server gives up after a few seconds.
+    options: dict[str, Any] = {}
     if url.startswith("postgresql"):
         # A pass holds two connections (its source lock's and the page
         # writes'); webhook writes, readiness and gauges need a few more.
