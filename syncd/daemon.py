@@ -12,6 +12,7 @@ return well within 10 s.
 
 from __future__ import annotations
 
+import resource
 import signal
 import threading
 from collections.abc import Callable
@@ -102,6 +103,7 @@ class Daemon:
 
     def start(self) -> None:
         """Bind the HTTP port (one clear error if taken), then serve and schedule."""
+        _raise_open_files_limit()
         try:
             self.server.prepare()
         except OSError as exc:
@@ -146,6 +148,15 @@ class Daemon:
 
     def _on_webhook(self, source: str, answer: Answer) -> None:
         self.fetcher.submit(source, answer.notifications)
+
+
+def _raise_open_files_limit(wanted: int = 65536) -> None:
+    """Each source keeps a keep-alive connection to its vendor: 1,000 sources need
+    more descriptors than a soft limit of 1024 gives. Raise it toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def serve(daemon: Daemon) -> bool:
