@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -84,27 +83,6 @@ def backoff_delay(failures: int, interval: float) -> float:
 def first_pass_offsets(intervals: Sequence[float], rng: random.Random) -> list[float]:
     """When each source's first pass starts (seconds from now): spread, soon."""
     return [rng.uniform(0.0, min(interval, FIRST_PASS_SPREAD)) for interval in intervals]
-
-
-def reconcile_if_due(
-    store: Store, config: SourceConfig, runtime: SourceRuntime, now: datetime
-) -> None:
-    """Adapter to ``syncd.reconcile.reconcile_if_due`` (the lead's), when it exists.
-
-    Called after each successful, complete pass; a reconciliation failure is
-    logged and never fails the pass.
-    """
-    try:
-        from syncd import reconcile  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return
-    due: Any = getattr(reconcile, "reconcile_if_due", None)
-    if due is None:
-        return
-    try:
-        due(store, config, runtime=runtime, now=now)
-    except Exception as exc:  # its own failure, never the pass's
-        log.warning("reconcile_failed", source=config.name, error=describe_error(exc))
 
 
 @dataclass(eq=False)
@@ -280,18 +258,16 @@ class PassScheduler:
             return PassResult(config.name, ok=False, error=describe_error(exc), kind=config.kind)
 
     def _finish(self, slot: _Slot, result: PassResult) -> None:
-        config = slot.config
         if slot.cancelled:
             result = replace(result, ok=False, error="cancelled: ran past max_pass_duration")
         if not result.skipped:
             slot.failures = 0 if result.ok else slot.failures + 1
         now = self.clock()
         self.metrics.pass_finished(result, slot.failures, now)
+        # Reconciliation, when due, ran inside the pass (the engine's, under its lock).
         if result.ok and not result.skipped:
             if result.written.inserted or not slot.newest_known:
                 self._update_newest(slot)
-            if not self.stopping.is_set() and slot.runtime is not None:
-                reconcile_if_due(self.store, config, slot.runtime, now)
         elif not result.ok and not self.stopping.is_set():
             self._back_off(slot)
         if self.on_result is not None:

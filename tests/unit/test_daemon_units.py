@@ -154,32 +154,3 @@ def test_promtool_accepts_the_exposition(tmp_path: object) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
-
-
-def test_the_reconcile_adapter_calls_the_engine_s_function_when_it_exists(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import sys
-    import types
-
-    from syncd import scheduler
-
-    calls: list[tuple[object, ...]] = []
-    fake = types.ModuleType("syncd.reconcile")
-
-    def reconcile_if_due(store: object, config: object, *, runtime: object, now: object) -> None:
-        calls.append((store, config, runtime, now))
-
-    fake.reconcile_if_due = reconcile_if_due  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "syncd.reconcile", fake)
-    now = datetime.now(UTC)
-    config = types.SimpleNamespace(name="hq")
-    scheduler.reconcile_if_due("store", config, "runtime", now)  # type: ignore[arg-type]
-    assert calls == [("store", config, "runtime", now)]
-
-    def broken(*_: object, **__: object) -> None:
-        raise RuntimeError("reconciliation failed")
-
-    fake.reconcile_if_due = broken  # type: ignore[attr-defined]
-    # Logged, never raised into the pass:
-    scheduler.reconcile_if_due("store", config, "runtime", now)  # type: ignore[arg-type]
