@@ -26,6 +26,7 @@ from tests.integration.daemonhelpers import (
     write_config,
 )
 from tests.integration.test_doorflow_sync import assert_matches_truth as doorflow_matches_truth
+from tests.integration.test_doorflow_sync import parse, stored
 
 WEBHOOK_SECRET = "whsec_7f3a9c1d2e4b6a8f"
 BAD_TOKEN = "dft_wrong_0123456789abcdef"
@@ -55,6 +56,30 @@ def _rows(engine: sa.Engine, source: str) -> tuple[int, Any]:
 def _state(engine: sa.Engine, source: str) -> Any:
     with engine.connect() as conn:
         return conn.execute(sa.select(sync_state).where(sync_state.c.source == source)).one()
+
+
+def assert_doorflow_with_webhooks(store: Store, sim: DoorFlowSimulator) -> None:
+    """What polling holds (every listable event, current, malformed kept), plus what
+    webhooks brought that a list never serves (remote-control events): each of those
+    a real, current vendor event that was announced and fetched."""
+    table = stored(store, "hq")
+    everything = sim.truth()
+    extra = set(table) - set(sim.truth(listable=True))
+    assert extra <= set(everything), "rows the vendor does not have"
+    fetched = {event_id for event_id, _, _ in sim.acks}
+    assert extra <= fetched, "an unlisted event stored without a webhook fetch"
+    for event_id in extra:
+        event, row = everything[event_id], table[event_id]
+        assert row.occurred_at == parse(event["created_at"])
+        assert row.source_updated_at == parse(event["updated_at"])
+        assert row.event_code == event["event_code"]
+    with store.engine.begin() as conn:  # then the polling half, exactly
+        conn.execute(
+            sa.delete(events).where(
+                events.c.source == "hq", events.c.event_key.in_([str(i) for i in extra])
+            )
+        )
+    doorflow_matches_truth(store, "hq", sim)
 
 
 def _finished_after(daemon: DaemonProcess, source: str, moment: float) -> bool:
@@ -142,8 +167,6 @@ def test_daemon_through_faults_and_webhooks_then_sigterm_matches_truth(
         assert daemon.stopped_in is not None
         assert daemon.stopped_in < 10.0
 
-        store = Store(pg_engine)
-        doorflow_matches_truth(store, "hq", doorflow)
         intserv_checks.assert_matches_truth(pg_engine, intserv)
         acks = doorflow.acks
         secrets = [doorflow.token, intserv.api_key, BAD_TOKEN, WEBHOOK_SECRET]
@@ -197,6 +220,9 @@ def test_daemon_through_faults_and_webhooks_then_sigterm_matches_truth(
     assert "authorization" not in printed.lower()
     assert "Bearer" not in printed
     assert "ack_token=" not in printed
+
+    # Last, as it trims the table to what polling alone could hold.
+    assert_doorflow_with_webhooks(Store(pg_engine), doorflow)
 
 
 def test_max_pass_duration_cancels_and_sigterm_ends_a_60s_retry_after(
