@@ -273,6 +273,103 @@ def _iso(value: datetime | None) -> str | None:
 
 
 @cli.command()
+@click.option(
+    "--migrate",
+    "migrate_first",
+    is_flag=True,
+    help="Upgrade the schema first (else an empty or outdated schema is refused).",
+)
+@click.option("--listen", metavar="HOST:PORT", help="HTTP address (overrides [daemon] listen).")
+@pass_context
+def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
+    """The daemon: schedule every source, serve HTTP, stop cleanly on SIGTERM/SIGINT."""
+    import os
+
+    from syncd.config import parse_listen
+    from syncd.daemon import Daemon, serve
+    from syncd.db.engine import check_connection, create_engine
+    from syncd.logging import configure_logging
+
+    settings = ctx.settings
+    if not settings.sources:
+        raise SyncdError(
+            "no sources configured: add [[sources]] to syncd.toml (see README) or try `syncd demo`"
+        )
+    host, port = (
+        parse_listen(listen, "--listen")
+        if listen is not None
+        else (settings.daemon.host, settings.daemon.port)
+    )
+    url = settings.database_url
+    # No pre-ping (a round trip per checkout, several per pass): after a
+    # database restart the first use of a dead connection fails that pass and
+    # SQLAlchemy discards the pool's connections; the next pass reconnects. A
+    # connection attempt to an unreachable server gives up after a few seconds.
+    options: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        # A pass holds two connections (its source lock's and the page
+        # writes'); webhook writes, readiness and gauges need a few more.
+        options["pool_size"] = 2 * settings.daemon.workers + 4
+        options["max_overflow"] = 4
+        options["connect_args"] = {"connect_timeout": 5}
+    engine = create_engine(url, **options)
+    check_connection(engine)
+    _lock = _daemon_lock(engine)  # held until the process exits
+    if migrate_first:
+        from syncd.db import migrate as migrations
+
+        migrations.upgrade(engine)
+    else:
+        _ready_engine_check(engine)
+    # From here on the daemon logs its life (the schema check stays one line).
+    root = click.get_current_context().find_root().params
+    if root.get("log_level") is None:
+        log_format = root.get("log_format")
+        configure_logging(level="info", json=None if log_format is None else log_format == "json")
+    daemon = Daemon(settings, engine, host=host, port=port)
+    serve(daemon)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every page in hand is committed and every lock released (a pass that
+    # overran the grace has its open transaction rolled back by the database
+    # when the process ends): exit now rather than wait, at interpreter exit,
+    # for a worker's vendor request to time out.
+    os._exit(0)
+
+
+def _ready_engine_check(engine: sa.Engine) -> None:
+    from syncd.db import migrate as migrations
+
+    current = migrations.current_revision(engine)
+    if current != migrations.head_revision():
+        state = "has no syncd schema" if current is None else f"is at revision {current}"
+        raise DatabaseUnavailable(
+            f"the database {state}: run `syncd migrate` first, or `syncd run --migrate`"
+        )
+
+
+def _daemon_lock(engine: sa.Engine) -> Any:
+    """On a SQLite file: hold ``<db>.daemon.lock`` for the process, or refuse."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    import fcntl
+
+    handle = open(f"{database}.daemon.lock", "a+")  # noqa: SIM115  (held for the process)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SyncdError(
+            f"another `syncd run` is using {database}: on SQLite one daemon runs per "
+            "database (use PostgreSQL to run several)"
+        ) from None
+    return handle
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:

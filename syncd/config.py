@@ -391,6 +391,14 @@ def _parse_daemon(value: object) -> DaemonConfig:
     return DaemonConfig(host=host, port=port, workers=workers)
 
 
+def parse_listen(listen: str, label: str = "daemon.listen") -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:8080"`` for IPv6) -> (host, port), or a ConfigError."""
+    try:
+        return _parse_listen(listen)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("daemon.listen", label, 1)) from None
+
+
 def _parse_listen(listen: str) -> tuple[str, int]:
     bad = ConfigError(
         f'daemon.listen must be "host:port" such as "127.0.0.1:8080", '

@@ -413,6 +413,9 @@ def _keep_running(
     configs: Sequence[SourceConfig],
     interval: float,
 ) -> None:
+    """Poll with the daemon's scheduler (syncd run's, without HTTP) until Ctrl-C."""
+    from syncd.scheduler import PassScheduler
+
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -428,20 +431,23 @@ def _keep_running(
         "simulated traffic); Ctrl-C to stop.",
         "bold",
     )
-    polls = 0
+    polls: dict[str, int] = {}
+
+    def report_poll(result: PassResult) -> None:
+        polls[result.source] = polls.get(result.source, 0) + 1
+        _report_pass(out, f"poll {polls[result.source]}", result, Tally())
+
+    scheduler = PassScheduler(store, configs, workers=2, on_result=report_poll)
+    scheduler.add_job(world.step, interval, name="simulated traffic")
     try:
-        while not stop.wait(interval):
-            world.step()
-            polls += 1
-            for config in configs:
-                result = run_pass(store, config, stop=stop)
-                _report_pass(out, f"poll {polls}", result, Tally())
-                if stop.is_set():
-                    break
+        scheduler.start()
+        while not stop.wait(0.5):
+            pass
     finally:
+        scheduler.stop(grace=8.0)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    _say(out, f"Stopped after {polls} polls.")
+    _say(out, f"Stopped after {sum(polls.values())} passes.")
 
 
 # -- the report ---------------------------------------------------------------------

@@ -42,6 +42,7 @@ from syncd.errors import SourceError
 from syncd.prefetch import prefetched
 from syncd.sources import source_class
 from syncd.sources.base import Page, Source, SourceContext
+from syncd.sources.http import RetryHooks
 
 if TYPE_CHECKING:
     from syncd.reconcile import ReconcileReport
@@ -94,6 +95,7 @@ def build_source(
     store: Store,
     state: SourceState,
     clock: Clock = utcnow,
+    retry_hooks: RetryHooks | None = None,
 ) -> Source:
     context = SourceContext(
         codes=store.load_codes(config.kind),
@@ -104,6 +106,7 @@ def build_source(
         save_refresh_token=lambda token, origin: store.save_refresh_token(
             config.name, token, clock(), origin
         ),
+        retry_hooks=retry_hooks,
     )
     return source_class(config.kind)(config, client, context)
 
@@ -131,11 +134,12 @@ class SourceRuntime:
         transport: httpx.BaseTransport | None = None,
         event_hooks: EventHooks | None = None,
         state: SourceState | None = None,
+        retry_hooks: RetryHooks | None = None,
     ) -> SourceRuntime:
         client = make_client(config, transport, event_hooks)
         try:
             loaded = state if state is not None else store.load_state(config.name)
-            source = build_source(config, client, store, loaded, clock)
+            source = build_source(config, client, store, loaded, clock, retry_hooks)
         except BaseException:
             client.close()
             raise

@@ -8,9 +8,14 @@ text::
     ├── DatabaseUnavailable     the database cannot be reached or is not migrated
     └── SourceError             a vendor call failed; the pass fails, nothing of
         │                       the page in hand is committed
-        ├── TransientError      worth retrying with backoff: 5xx, timeouts,
-        │   │                   dropped connections, a body that is not JSON
-        │   └── RateLimited     429; carries the wait the server asked for
+        ├── TransientError      worth retrying with backoff; the subclass says why
+        │   ├── RateLimited     429; carries the wait the server asked for
+        │   ├── ServerError     5xx
+        │   ├── RequestTimeout  the request timed out
+        │   ├── ConnectionDropped  connecting failed or the connection broke
+        │   └── BadBody         a body that is not JSON
+        ├── WaitInterrupted     a retry wait was cut short: the daemon is stopping
+        │                       or the pass ran past its maximum duration
         ├── AuthError           401/403: wrong, expired or revoked credentials
         └── RequestRejected     any other 4xx: retrying would not help
             └── ContinuationRejected   a paging token the server no longer
@@ -49,6 +54,26 @@ class RateLimited(TransientError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServerError(TransientError):
+    """The vendor answered 5xx."""
+
+
+class RequestTimeout(TransientError):
+    """The request timed out (connect, read, write or pool)."""
+
+
+class ConnectionDropped(TransientError):
+    """Connecting failed, or the connection broke before a full answer."""
+
+
+class BadBody(TransientError):
+    """The vendor answered with a body that is not JSON."""
+
+
+class WaitInterrupted(SourceError):
+    """A retry wait ended early because the pass was asked to stop."""
 
 
 class AuthError(SourceError):

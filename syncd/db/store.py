@@ -33,6 +33,7 @@ import psycopg
 import sqlalchemy as sa
 
 from syncd.db.schema import event_codes, events, rejected_events, sync_state
+from syncd.errors import DatabaseUnavailable
 from syncd.records import EventRecord, RejectedRecord, to_json
 from syncd.sources.base import CodeInfo
 
@@ -191,6 +192,9 @@ class Store:
         self.dialect = engine.dialect.name
         self._local_locks: dict[str, threading.Lock] = {}
         self._local_locks_guard = threading.Lock()
+        # PostgreSQL: the connection holding each source's advisory lock, per
+        # holding thread, so that thread's page writes can check it is alive.
+        self._lock_conns: dict[tuple[str, int], sa.Connection] = {}
 
     # -- writing ---------------------------------------------------------------
 
@@ -211,6 +215,7 @@ class Store:
         leaves the stored position as it is.
         """
         unique = dedupe_newest(records)
+        self._check_lock(source)
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 # Safe to skip the WAL flush wait: a page's rows and its cursor
@@ -609,17 +614,42 @@ class Store:
     @contextmanager
     def _advisory_lock(self, source: str) -> Iterator[bool]:
         key = lock_key(source)
+        holder = (source, threading.get_ident())
         with self.engine.connect() as conn:
             acquired = bool(
                 conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
             )
             conn.commit()
+            if acquired:
+                self._lock_conns[holder] = conn
             try:
                 yield acquired
             finally:
                 if acquired:
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+                    self._lock_conns.pop(holder, None)
+                    try:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except sa.exc.SQLAlchemyError:
+                        # The lock's connection is gone, and the lock with it.
+                        conn.invalidate()
+
+    def _check_lock(self, source: str) -> None:
+        """Refuse a page write if this thread's lock connection for ``source`` died.
+
+        Its session lock died with it: another replica may be working the
+        source now, so this pass must not commit another page.
+        """
+        conn = self._lock_conns.get((source, threading.get_ident()))
+        if conn is None:
+            return
+        try:
+            conn.execute(sa.text("SELECT 1"))
+            conn.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseUnavailable(
+                f"lost the lock of source {source} (its connection failed): pass stopped"
+            ) from exc
 
     @contextmanager
     def _file_lock(self, source: str) -> Iterator[bool]:

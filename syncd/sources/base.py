@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import httpx
 
     from syncd.config import SourceConfig
+    from syncd.sources.http import RetryHooks
 
 Cursor = Mapping[str, Any]
 """A connector's position, stored as JSON in ``sync_state.cursor``."""
@@ -63,6 +64,8 @@ class SourceContext:
     descends from (:func:`syncd.sources.auth.choose_refresh_token`);
     ``save_refresh_token(token, origin)`` commits a new one with its origin at
     once, before it is used.
+    ``retry_hooks`` (the daemon's) make retry waits interruptible and counted;
+    a connector hands them on with ``RetryPolicy.for_source(config, context)``.
     """
 
     codes: Mapping[int, CodeInfo] = field(default_factory=dict)
@@ -71,6 +74,7 @@ class SourceContext:
     refresh_token: str | None = None
     save_refresh_token: Callable[[str, str], None] | None = None
     refresh_token_origin: str | None = None
+    retry_hooks: RetryHooks | None = None
 
 
 class Source(Protocol):

@@ -486,7 +486,7 @@ class DoorFlowSource:
         self.config = config
         self.client = client
         self.context = context
-        self.policy = RetryPolicy.for_source(config)
+        self.policy = RetryPolicy.for_source(config, context)
         self.client.auth = self._auth()
         # What this connector asks for; shrinks when the vendor names codes
         # it no longer lists (see ``_list``), for the life of the object.

@@ -10,6 +10,11 @@ tenacity. Policy is decided by exception *type*:
 - other :class:`~syncd.errors.TransientError` (5xx, timeouts, dropped
   connections, a body that is not JSON): exponential backoff with jitter;
 - anything else fails at once.
+
+Waits are interruptible: a :class:`RetryHooks` ``stop`` event (the daemon's
+stop, or a pass past its maximum duration) ends any wait at once with
+:class:`~syncd.errors.WaitInterrupted`, and ``on_retry`` hears of every retry
+with its reason (``retries_total{reason}``), classified by exception type.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,15 +36,53 @@ import tenacity
 
 from syncd.errors import (
     AuthError,
+    BadBody,
+    ConnectionDropped,
     RateLimited,
     RequestRejected,
+    RequestTimeout,
+    ServerError,
     TransientError,
+    WaitInterrupted,
 )
 
 if TYPE_CHECKING:
     from syncd.config import SourceConfig
+    from syncd.sources.base import SourceContext
 
 log = structlog.get_logger(__name__)
+
+
+# Why a request is retried, by exception type: the ``reason`` label of
+# ``syncd_retries_total``. Most specific first (RateLimited before its base).
+RETRY_REASONS: tuple[tuple[type[TransientError], str], ...] = (
+    (RateLimited, "rate_limited"),
+    (ServerError, "server_error"),
+    (RequestTimeout, "timeout"),
+    (ConnectionDropped, "connection"),
+    (BadBody, "bad_body"),
+)
+
+
+def retry_reason(exc: BaseException) -> str:
+    """The ``reason`` label for a retried exception (a plain TransientError: server_error)."""
+    for kind, reason in RETRY_REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return "server_error"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryHooks:
+    """What the caller of a long-lived client plugs into every wait.
+
+    ``stop``: when set, a wait in progress (backoff or 429) ends at once with
+    :class:`WaitInterrupted`. ``on_retry(source, reason)``: called before each
+    retry wait.
+    """
+
+    stop: threading.Event | None = None
+    on_retry: Callable[[str, str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +91,14 @@ class RetryPolicy:
     max_wait: float = 60.0  # cap on any single wait, server-requested or not
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    hooks: RetryHooks | None = None
 
     @classmethod
-    def for_source(cls, config: SourceConfig) -> RetryPolicy:
-        """The policy a source's configuration asks for (``max_retries``, ``max_retry_wait``)."""
-        return cls(attempts=config.max_retries, max_wait=config.max_retry_wait)
+    def for_source(cls, config: SourceConfig, context: SourceContext | None = None) -> RetryPolicy:
+        """The policy a source's configuration asks for (``max_retries``, ``max_retry_wait``),
+        with the context's :class:`RetryHooks` (the daemon's stop event and retry counter)."""
+        hooks = context.retry_hooks if context is not None else None
+        return cls(attempts=config.max_retries, max_wait=config.max_retry_wait, hooks=hooks)
 
 
 def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
@@ -111,7 +159,7 @@ def raise_for_status(response: httpx.Response) -> None:
     if status == 429:
         raise RateLimited(detail, retry_after_seconds(response))
     if status >= 500:
-        raise TransientError(detail)
+        raise ServerError(detail)
     if status in (401, 403):
         raise AuthError(detail)
     raise RequestRejected(detail, status, error_body(response))
@@ -138,7 +186,7 @@ def parse_json(response: httpx.Response) -> Any:
     try:
         return json.loads(content, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
-        raise TransientError(
+        raise BadBody(
             f"HTTP {response.status_code} from {response.request.url.path}: body is not JSON"
         ) from exc
 
@@ -165,19 +213,35 @@ def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
     return wait
 
 
-def _log_retry(source: str) -> Callable[[tenacity.RetryCallState], None]:
+def _log_retry(source: str, hooks: RetryHooks | None) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        reason = retry_reason(exc) if exc is not None else "server_error"
         log.warning(
             "request_retry",
             source=source,
             attempt=state.attempt_number,
             wait_s=round(state.upcoming_sleep, 3),
+            reason=reason,
             error_type=type(exc).__name__,
             error=str(exc),
         )
+        if hooks is not None and hooks.on_retry is not None:
+            hooks.on_retry(source, reason)
 
     return before_sleep
+
+
+def _sleep(stop: threading.Event | None) -> Callable[[float], None]:
+    """tenacity's sleep, ended early (with WaitInterrupted) when ``stop`` is set."""
+    if stop is None:
+        return time.sleep
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise WaitInterrupted("stopped during a retry wait")
+
+    return sleep
 
 
 def send(
@@ -194,11 +258,13 @@ def send(
     classified by :func:`raise_for_status`. The last error is re-raised when
     the attempts run out.
     """
+    hooks = policy.hooks
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
         stop=tenacity.stop_after_attempt(policy.attempts),
         wait=_wait(policy),
-        before_sleep=_log_retry(source),
+        before_sleep=_log_retry(source, hooks),
+        sleep=_sleep(hooks.stop if hooks is not None else None),
         reraise=True,
     )
     result: tuple[httpx.Response, Any] = retrying(_attempt, client, request, parse)
@@ -211,18 +277,21 @@ def _attempt(
     try:
         response = request(client)
     except httpx.TimeoutException as exc:
-        raise TransientError(f"request timed out: {type(exc).__name__}") from exc
+        raise RequestTimeout(f"request timed out: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
-        raise TransientError(f"connection failed: {type(exc).__name__}") from exc
+        raise ConnectionDropped(f"connection failed: {type(exc).__name__}") from exc
     raise_for_status(response)
     return response, parse_json(response) if parse else None
 
 
 __all__ = [
+    "RETRY_REASONS",
+    "RetryHooks",
     "RetryPolicy",
     "error_body",
     "parse_json",
     "raise_for_status",
     "retry_after_seconds",
+    "retry_reason",
     "send",
 ]

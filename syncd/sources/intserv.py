@@ -436,7 +436,7 @@ class IntServSource:
         self.config = config
         self.client = client
         self.context = context
-        self.policy = RetryPolicy.for_source(config)
+        self.policy = RetryPolicy.for_source(config, context)
         self.client.auth = self._auth()
 
     def _auth(self) -> httpx.Auth:

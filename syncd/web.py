@@ -1,0 +1,148 @@
+"""The daemon's HTTP side: a WSGI app (health, readiness, metrics, webhooks) on cheroot.
+
+cheroot is a pure-Python, thread-pooled WSGI server that can be stopped
+programmatically (``stop()``, which SIGTERM handling needs) and bounds
+request headers and bodies before the app sees them; prometheus_client's
+exposition app is mounted at ``/metrics``. Routes and answers are the
+contract in DESIGN.md ("Daemon", "Webhooks"): a request the sender controls
+never gets a 5xx.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from cheroot import wsgi
+
+from syncd.metrics import UNKNOWN_SOURCE, Metrics
+from syncd.webhooks import MAX_BODY, Answer, answer
+
+log = structlog.get_logger(__name__)
+
+StartResponse = Callable[..., Any]
+WEBHOOK_PREFIX = "/webhooks/doorflow/"
+# Headers beyond this are refused by cheroot (431/400) before the app runs;
+# bodies beyond the server limit get its 413 (the app's own limit is MAX_BODY).
+MAX_HEADER_BYTES = 64 * 1024
+SERVER_BODY_LIMIT = 4 * MAX_BODY
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Routes:
+    """What the app asks the daemon; every callable is cheap or bounded in time."""
+
+    healthy: Callable[[], bool]
+    not_ready: Callable[[], str | None]  # None when ready, else the reason
+    webhook_secret: Callable[[str], bytes | None]  # None: unknown or no secret
+    is_source: Callable[[str], bool]
+    on_webhook: Callable[[str, Answer], None]  # after a 200, for the background fetch
+    metrics: Metrics
+
+
+def _json(start: StartResponse, status: int, body: Mapping[str, Any], *extra: Any) -> list[bytes]:
+    data = orjson.dumps(body)
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]
+    start(f"{status} {_REASONS[status]}", headers)
+    return [data]
+
+
+class App:
+    """The WSGI application."""
+
+    def __init__(self, routes: Routes, clock: Callable[[], float] = time.time) -> None:
+        self.routes = routes
+        self.clock = clock
+        self._gets: dict[str, Callable[[dict[str, Any], StartResponse], Iterable[bytes]]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": routes.metrics.wsgi_app(),
+        }
+
+    def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path.startswith(WEBHOOK_PREFIX):
+            return self._webhook(environ, start, path[len(WEBHOOK_PREFIX) :], method)
+        route = self._gets.get(path)
+        if route is None:
+            return _json(start, 404, {"error": "not_found"})
+        if method not in ("GET", "HEAD"):
+            return _json(start, 405, {"error": "method_not_allowed"}, ("Allow", "GET, HEAD"))
+        return route(environ, start)
+
+    def _healthz(self, _environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        if self.routes.healthy():
+            return _json(start, 200, {"status": "ok"})
+        return _json(start, 503, {"status": "stopped"})
+
+    def _readyz(self, _environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        reason = self.routes.not_ready()
+        if reason is None:
+            return _json(start, 200, {"status": "ready"})
+        return _json(start, 503, {"status": "not_ready", "reason": reason})
+
+    def _webhook(
+        self, environ: dict[str, Any], start: StartResponse, source: str, method: str
+    ) -> Iterable[bytes]:
+        label = source if self.routes.is_source(source) else UNKNOWN_SOURCE
+        if method != "POST":
+            self.routes.metrics.webhook_answered(label, 405)
+            return _json(start, 405, {"error": "method_not_allowed"}, ("Allow", "POST"))
+        secret = self.routes.webhook_secret(source)
+        body = _read_body(environ) if secret is not None else b""
+        headers = {
+            "Timestamp": environ.get("HTTP_TIMESTAMP", ""),
+            "Signature": environ.get("HTTP_SIGNATURE", ""),
+        }
+        result = answer(secret, headers, body, self.clock())
+        self.routes.metrics.webhook_answered(label, result.status)
+        log.info(
+            "webhook_received",
+            source=label,
+            status=result.status,
+            notifications=len(result.notifications),
+        )
+        if result.status == 200:
+            self.routes.on_webhook(source, result)
+        return _json(start, result.status, result.body)
+
+
+def _read_body(environ: Mapping[str, Any]) -> bytes | None:
+    """The body, or None when it is larger than MAX_BODY (then not read in full)."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    length_text = environ.get("CONTENT_LENGTH") or ""
+    try:
+        if length_text:
+            length = int(length_text)
+            if length > MAX_BODY:
+                return None
+            return bytes(stream.read(length))
+        data = bytes(stream.read(MAX_BODY + 1))  # chunked: read one byte past the limit
+    except (ValueError, OSError):  # cheroot's own limit on a chunked body
+        return None
+    return None if len(data) > MAX_BODY else data
+
+
+def make_server(app: App, host: str, port: int, threads: int = 4) -> wsgi.Server:
+    """A cheroot server for ``app``; call ``prepare()`` (binds), ``serve()``, ``stop()``."""
+    server = wsgi.Server((host, port), app, numthreads=threads, shutdown_timeout=2, timeout=10)
+    server.max_request_header_size = MAX_HEADER_BYTES
+    server.max_request_body_size = SERVER_BODY_LIMIT
+    return server

@@ -1,0 +1,156 @@
+"""Scheduling arithmetic and the metrics registry (pure, no network)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from syncd.db.store import WriteResult
+from syncd.engine import PassResult
+from syncd.metrics import UNKNOWN_SOURCE, CountingTransport, Metrics
+from syncd.scheduler import FIRST_PASS_SPREAD, backoff_delay, first_pass_offsets
+from syncd.sources.http import RETRY_REASONS
+
+FIXED_SERIES = 40  # histogram buckets per kind and the like, independent of sources
+SERIES_PER_SOURCE = 16
+
+
+def test_backoff_grows_then_caps_at_five_intervals_and_300_s() -> None:
+    assert [backoff_delay(n, 10) for n in range(6)] == [10, 10, 20, 40, 50, 50]
+    assert [backoff_delay(n, 60) for n in (1, 2, 3, 4, 5, 50)] == [60, 120, 240, 300, 300, 300]
+    assert backoff_delay(1, 600) == 300  # never later than 300 s
+    assert backoff_delay(10_000, 1) == 5
+
+
+def test_first_passes_are_spread_over_the_first_interval_and_soon() -> None:
+    rng = random.Random(4)
+    offsets = first_pass_offsets([30.0] * 1000, rng)
+    assert all(0 <= o <= 30 for o in offsets)
+    assert max(offsets) - min(offsets) > 25  # spread, not all at once
+    assert all(o <= FIRST_PASS_SPREAD for o in first_pass_offsets([3600.0] * 100, rng))
+
+
+def _exposition(metrics: Metrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
+
+
+def _series(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def _count(text: str) -> int:
+    """Series in an exposition: every sample line (comments are # HELP / # TYPE)."""
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_every_series_of_a_source_exists_at_zero_from_start() -> None:
+    metrics = Metrics()
+    metrics.add_source("hq", "doorflow", webhooks=True)
+    series = {
+        (name, tuple(sorted(labels.items()))): v
+        for name, labels, v in _series(_exposition(metrics))
+    }
+    for result in ("inserted", "updated"):
+        assert series[("syncd_events_written_total", (("result", result), ("source", "hq")))] == 0
+    for result in ("ok", "failed", "skipped"):
+        assert series[("syncd_passes_total", (("result", result), ("source", "hq")))] == 0
+    for _, reason in RETRY_REASONS:
+        assert series[("syncd_retries_total", (("reason", reason), ("source", "hq")))] == 0
+    for gauge in (
+        "syncd_last_success_timestamp_seconds",
+        "syncd_newest_event_timestamp_seconds",
+        "syncd_consecutive_failures",
+    ):
+        assert series[(gauge, (("source", "hq"),))] == 0
+    assert series[("syncd_events_rejected_total", (("source", "hq"),))] == 0
+    assert series[("syncd_vendor_requests_total", (("source", "hq"), ("status", "200")))] == 0
+    assert series[("syncd_webhook_requests_total", (("source", "hq"), ("status", "200")))] == 0
+    assert series[("syncd_pass_duration_seconds_count", (("kind", "doorflow"),))] == 0
+    assert not any(name.endswith("_created") for name, _ in series)
+
+
+def _busy(metrics: Metrics, names: list[str]) -> None:
+    now = datetime.now(UTC)
+    for name in names:
+        written = WriteResult(inserted=3, updated=1, unchanged=2, rejected=1)
+        metrics.pass_finished(PassResult(name, ok=True, written=written, kind="doorflow"), 0, now)
+        metrics.pass_finished(PassResult(name, ok=False, kind="doorflow"), 1, now)
+        metrics.pass_finished(PassResult(name, ok=True, skipped=True, kind="doorflow"), 1, now)
+        for status in ("200", "429", "503", "error"):
+            metrics.vendor_answered(name, status)
+        metrics.retried(name, "rate_limited")
+        metrics.webhook_answered(name, 200)
+        metrics.webhook_answered(name, 401)
+        metrics.observe_newest(name, now)
+    metrics.webhook_answered(UNKNOWN_SOURCE, 404)
+
+
+def test_the_series_count_stays_bounded_for_a_thousand_busy_sources() -> None:
+    metrics = Metrics()
+    names = [f"site-{i:04d}" for i in range(1000)]
+    for i, name in enumerate(names):
+        metrics.add_source(name, "doorflow" if i % 2 else "intserv", webhooks=i % 2 == 1)
+    baseline = _count(_exposition(metrics))
+    assert baseline <= SERIES_PER_SOURCE * len(names) + FIXED_SERIES
+    _busy(metrics, names)  # a few more status codes each: still bounded
+    assert _count(_exposition(metrics)) <= (SERIES_PER_SOURCE + 4) * len(names) + FIXED_SERIES
+
+
+def test_counters_follow_pass_results() -> None:
+    metrics = Metrics()
+    metrics.add_source("hq", "doorflow")
+    _busy(metrics, ["hq"])
+    got = {(n, tuple(sorted(labels.items()))): v for n, labels, v in _series(_exposition(metrics))}
+    assert got[("syncd_events_written_total", (("result", "inserted"), ("source", "hq")))] == 3
+    assert got[("syncd_events_rejected_total", (("source", "hq"),))] == 1
+    assert got[("syncd_passes_total", (("result", "failed"), ("source", "hq")))] == 1
+    assert got[("syncd_consecutive_failures", (("source", "hq"),))] == 1
+    assert got[("syncd_pass_duration_seconds_count", (("kind", "doorflow"),))] == 2
+
+
+def test_the_transport_counts_answers_and_failures() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/down":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(429)
+
+    counting = CountingTransport(httpx.MockTransport(handler), seen.append)
+    with httpx.Client(transport=counting, base_url="http://vendor.test") as client:
+        assert client.get("/x").status_code == 429
+        with pytest.raises(httpx.ConnectError):
+            client.get("/down")
+    assert seen == ["429", "error"]
+
+
+def test_promtool_accepts_the_exposition(tmp_path: object) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing in CI: scripts/test installs the prometheus package")
+        pytest.skip("promtool not installed (Debian package prometheus; scripts/test installs it)")
+    metrics = Metrics()
+    for i in range(20):
+        metrics.add_source(f"s{i}", "intserv" if i % 2 else "doorflow", webhooks=True)
+    _busy(metrics, [f"s{i}" for i in range(20)])
+    done = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=_exposition(metrics).encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
