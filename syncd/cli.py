@@ -321,6 +321,10 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
         migrations.upgrade(engine)
     else:
         _ready_engine_check(engine)
+    from syncd.bi import sync_sources
+
+    # The BI views read each source's zone and hours from the database.
+    sync_sources(engine, settings.sources, datetime.now(UTC))
     # From here on the daemon logs its life (the schema check stays one line).
     root = click.get_current_context().find_root().params
     if root.get("log_level") is None:
