@@ -118,7 +118,8 @@ def _merge(base: Any, patch: Any) -> Any:
 
     Maps merge key by key (``null`` deletes); lists of maps that all carry a
     ``name`` (containers, env, volumes, ports...) merge item by item on it;
-    any other list is replaced.
+    any other list is replaced. test_kubernetes compares the result with
+    ``kubectl kustomize`` where kubectl is installed.
     """
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
@@ -135,14 +136,15 @@ def _merge(base: Any, patch: Any) -> Any:
         and isinstance(patch, list)
         and all(isinstance(i, dict) and "name" in i for i in [*base, *patch])
     ):
-        merged = [copy.deepcopy(i) for i in base]
-        for item in patch:
-            for n, existing in enumerate(merged):
-                if existing["name"] == item["name"]:
-                    merged[n] = _merge(existing, item)
-                    break
-            else:
-                merged.append(copy.deepcopy(item))
+        # Like kustomize: the patch's items first (merged with the base's of that
+        # name), then the base's other items in their order.
+        originals = {i["name"]: i for i in base}
+        merged = [
+            _merge(originals[i["name"]], i) if i["name"] in originals else copy.deepcopy(i)
+            for i in patch
+        ]
+        patched = {i["name"] for i in patch}
+        merged += [copy.deepcopy(i) for i in base if i["name"] not in patched]
         return merged
     return copy.deepcopy(patch)
 

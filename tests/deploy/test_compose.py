@@ -114,7 +114,7 @@ def test_the_compose_config_is_accepted_by_syncd_with_the_services_environment(
     compose, settings = _compose_settings(tmp_path)
     services = compose["services"]
     # the daemon listens where the port mapping, Prometheus and the webhooks point
-    assert (settings.daemon.host, settings.daemon.port) == ("0.0.0.0", 8080)
+    assert (settings.daemon.host, settings.daemon.port) == ("0.0.0.0", 8080)  # noqa: S104
     assert services["syncd"]["ports"] == ["8080:8080"]
     scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["syncd:8080"]
@@ -168,10 +168,10 @@ def test_grafana_provisioning_points_at_the_dashboards_and_datasources() -> None
     compose = load_compose()
     grafana = compose["services"]["grafana"]
     mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
-    provisioning = ROOT / [k for k, v in mounts.items() if v == "/etc/grafana/provisioning"][0]
+    provisioning = ROOT / next(k for k, v in mounts.items() if v == "/etc/grafana/provisioning")
     providers = yaml.safe_load((provisioning / "dashboards" / "syncd.yml").read_text())
     path = providers["providers"][0]["options"]["path"]
-    host_dir = ROOT / [k for k, v in mounts.items() if v == path][0]
+    host_dir = ROOT / next(k for k, v in mounts.items() if v == path)
     assert (host_dir / "syncd-dashboard.json").is_file()
     datasources = yaml.safe_load((provisioning / "datasources" / "syncd.yml").read_text())
     uids = {d["uid"]: d for d in datasources["datasources"]}
