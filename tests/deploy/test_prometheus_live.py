@@ -205,7 +205,7 @@ max_retry_wait = 1
         SYNCD_LOG_LEVEL="info",
     )
     try:
-        wait_for("/readyz", lambda: get(f"{syncd_url}/readyz")[0] == 200, 60, processes)
+        wait_for("/readyz", lambda: get(f"{syncd_url}/readyz")[0] == 200, 120, processes)
 
         def both_passed() -> bool:
             text = get(f"{syncd_url}/metrics")[1].decode()
@@ -216,7 +216,7 @@ max_retry_wait = 1
             ]
             return len([line for line in ok if not line.endswith(" 0.0")]) >= 2
 
-        wait_for("a successful pass of each source", both_passed, 120, processes)
+        wait_for("a successful pass of each source", both_passed, 240, processes)
     except AssertionError:
         raise AssertionError((tmp_path / "syncd.log").read_text()[-4000:]) from None
 
