@@ -164,6 +164,22 @@ def test_the_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     assert "SUCCESS" in result.stdout + result.stderr
 
 
+def datasource_uids(node: Any) -> set[str]:
+    """Every datasource uid a dashboard names (panels, targets, variables), Grafana's own aside."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        source = node.get("datasource")
+        uid = source.get("uid") if isinstance(source, dict) else None
+        if isinstance(uid, str) and not uid.startswith(("$", "-- ")) and uid != "grafana":
+            found.add(uid)
+        for value in node.values():
+            found |= datasource_uids(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= datasource_uids(value)
+    return found
+
+
 def test_grafana_provisioning_points_at_the_dashboards_and_datasources() -> None:
     compose = load_compose()
     grafana = compose["services"]["grafana"]
@@ -176,14 +192,10 @@ def test_grafana_provisioning_points_at_the_dashboards_and_datasources() -> None
     datasources = yaml.safe_load((provisioning / "datasources" / "syncd.yml").read_text())
     uids = {d["uid"]: d for d in datasources["datasources"]}
     dashboard = json.loads((host_dir / "syncd-dashboard.json").read_text())
-    used = {
-        t["datasource"]["uid"]
-        for p in dashboard["panels"]
-        for t in p.get("targets", [])
-        if "datasource" in t
-    }
-    assert used == {"prometheus"}
-    assert used <= set(uids)
+    assert datasource_uids(dashboard) == {"prometheus"}
+    # every dashboard in the folder (the BI one too, once it is there) finds its datasources
+    for path in host_dir.glob("*.json"):
+        assert datasource_uids(json.loads(path.read_text())) <= set(uids), path.name
     assert uids["prometheus"]["url"] == "http://prometheus:9090"
     # the PostgreSQL datasource logs in as the read-only BI role
     assert uids["syncd-postgres"]["user"] == "syncd_bi"
