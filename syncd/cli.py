@@ -8,11 +8,12 @@ configured here too, once, before any command runs.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -22,6 +23,11 @@ from syncd import __version__
 from syncd.config import Settings, load_settings
 from syncd.errors import DatabaseUnavailable, SyncdError
 from syncd.simulators.cli import simulate
+
+if TYPE_CHECKING:
+    from syncd.config import SourceConfig
+    from syncd.db.store import Store
+    from syncd.engine import PassResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,6 +127,7 @@ def _ready_engine(ctx: Context, *, migrate_if_empty: bool) -> sa.Engine:
 
     engine = ctx.engine()
     current = migrations.current_revision(engine)
+    migrations.check_known(current)
     if current is None and migrate_if_empty:
         migrations.upgrade(engine)
         return engine
@@ -153,7 +160,7 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
     failed = 0
     for source in sources:
-        result = run_pass(store, source)
+        result = _guarded_pass(store, source, run_pass)
         if result.skipped:
             click.echo(f"{source.name}: skipped, another syncd is syncing it")
         elif result.ok:
@@ -163,11 +170,95 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
                 f"{w.unchanged} unchanged, {w.rejected} rejected "
                 f"in {result.pages} pages, {result.duration_s:.1f}s"
             )
+            if result.reconciled is not None:
+                click.echo(f"  reconciled {result.reconciled.summary()}")
         else:
             failed += 1
             click.echo(f"syncd: {source.name} failed: {result.error}", err=True)
     if failed:
         raise SystemExit(1)
+
+
+def _parse_instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 instant from the command line (naive means UTC), or a clear error."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SyncdError(
+            f"{option} {value!r} is not an ISO 8601 time such as 2026-01-01 or 2026-01-01T06:00:00Z"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@cli.command()
+@click.option("--source", "name", required=True, metavar="NAME", help="The source to check.")
+@click.option("--since", metavar="ISO", help="Start of the span (default: now - reconcile_days).")
+@click.option("--until", metavar="ISO", help="End of the span (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="A machine-readable summary.")
+@pass_context
+def reconcile(ctx: Context, name: str, since: str | None, until: str | None, as_json: bool) -> None:
+    """Find and load events the vendor has that the table lacks (late uploads)."""
+    from datetime import timedelta
+
+    from syncd.db.store import Store
+    from syncd.engine import describe_error, utcnow
+    from syncd.reconcile import reconcile as run_reconcile
+
+    config = ctx.settings.source(name)
+    now = utcnow()
+    until_at = _parse_instant(until, "--until") or now
+    since_at = _parse_instant(since, "--since") or (
+        max(
+            now - timedelta(days=config.reconcile_days),
+            config.start or datetime.min.replace(tzinfo=UTC),
+        )
+    )
+    if since_at >= until_at:
+        raise SyncdError("--since must be before --until (or now)")
+    store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    try:
+        report = run_reconcile(store, config, since=since_at, until=until_at)
+    except SyncdError as exc:
+        raise SyncdError(f"reconcile of {name} failed: {describe_error(exc)}") from exc
+    if as_json:
+        click.echo(orjson.dumps(report.to_json()).decode())
+    else:
+        click.echo(report.summary())
+
+
+def _guarded_pass(
+    store: Store, source: SourceConfig, run_pass: Callable[[Store, SourceConfig], PassResult]
+) -> PassResult:
+    """``run_pass``, with an unexpected exception recorded as this source's failure.
+
+    The engine turns vendor errors into a failed result; anything else (a bug,
+    a value the database refused) must not skip the remaining sources nor
+    leave ``syncd status`` without an error: it is recorded in ``last_error``
+    and reported like any failure. The traceback goes to the log (warning
+    level), never to the one-line outcome.
+    """
+    import structlog
+
+    from syncd.engine import PassResult
+
+    try:
+        return run_pass(store, source)
+    except Exception as exc:  # one source must never stop the others
+        if isinstance(exc, sa.exc.SQLAlchemyError):
+            from syncd.db.engine import first_line
+
+            message = f"{type(exc).__name__}: {first_line(exc)}"
+        else:
+            message = f"{type(exc).__name__}: {str(exc)[:300]}"
+        structlog.get_logger(__name__).warning(
+            "pass_crashed", source=source.name, error=message, exc_info=True
+        )
+        # If the database is the problem, the outcome line still says so.
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            store.record_failure(source.name, message, datetime.now(UTC))
+        return PassResult(source.name, ok=False, error=message)
 
 
 def _iso(value: datetime | None) -> str | None:

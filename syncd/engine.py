@@ -6,18 +6,33 @@ anywhere (exception, SIGKILL, power loss) resumes on the next run from the
 last committed page without losing or duplicating anything. The connector
 runs one page ahead in a thread (:mod:`syncd.prefetch`) so fetching overlaps
 writing; memory holds a couple of pages, whatever the backlog.
+
+Three shapes of work share one loop, :func:`drive`: the live pass (pages
+commit with the live cursor, ``sync_state.cursor``), a backfill window (pages
+commit with the window's position, :mod:`syncd.backfill`) and a
+reconciliation re-read (pages commit with no position at all). What differs
+is the :class:`CursorSink` the loop is handed.
+
+A source's :class:`SourceRuntime` (HTTP client and its connection pool, the
+credentials and their access token, the retry policy, the connector) is built
+once and lent to every pass: the daemon keeps one per source for its whole
+life, so an OAuth access token is reused until it nears expiry instead of
+being refreshed (and the refresh token rotated) on every pass.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
+import sqlalchemy as sa
 import structlog
 
 from syncd import __version__
@@ -26,11 +41,15 @@ from syncd.db.store import SourceState, Store, WriteResult
 from syncd.errors import SourceError
 from syncd.prefetch import prefetched
 from syncd.sources import source_class
-from syncd.sources.base import Source, SourceContext
+from syncd.sources.base import Page, Source, SourceContext
+
+if TYPE_CHECKING:
+    from syncd.reconcile import ReconcileReport
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+EventHooks = Mapping[str, list[Callable[..., Any]]]
 
 
 def utcnow() -> datetime:
@@ -46,15 +65,26 @@ class PassResult:
     pages: int = 0
     duration_s: float = 0.0
     error: str | None = None
+    kind: str = ""
+    reconciled: ReconcileReport | None = None
 
 
-def make_client(config: SourceConfig, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """The HTTP client a connector gets: base URL, timeouts, our User-Agent."""
+def make_client(
+    config: SourceConfig,
+    transport: httpx.BaseTransport | None = None,
+    event_hooks: EventHooks | None = None,
+) -> httpx.Client:
+    """The HTTP client a connector gets: base URL, timeouts, our User-Agent.
+
+    Redirects stay off (httpx's default): a vendor API that redirects is
+    misconfigured, and following one could send credentials elsewhere.
+    """
     return httpx.Client(
         base_url=config.base_url,
         timeout=httpx.Timeout(config.timeout),
         headers={"User-Agent": f"syncd/{__version__}", "Accept": "application/json"},
         transport=transport,
+        event_hooks={key: list(value) for key, value in (event_hooks or {}).items()},
     )
 
 
@@ -70,10 +100,138 @@ def build_source(
         count_local=partial(store.count_events, config.name),
         count_unplaced=partial(store.count_unplaced, config.name),
         refresh_token=state.refresh_token,
-        save_refresh_token=lambda token: store.save_refresh_token(config.name, token, clock()),
+        refresh_token_origin=state.refresh_token_origin,
+        save_refresh_token=lambda token, origin: store.save_refresh_token(
+            config.name, token, clock(), origin
+        ),
     )
-    source: Source = source_class(config.kind)(config, client, context)
-    return source
+    return source_class(config.kind)(config, client, context)
+
+
+class SourceRuntime:
+    """What one source keeps across passes: client, credentials, connector.
+
+    Built once per source (per process) and lent to each pass; ``close()``
+    releases the connection pool. A one-shot command builds one for its
+    single pass.
+    """
+
+    def __init__(self, config: SourceConfig, client: httpx.Client, source: Source) -> None:
+        self.config = config
+        self.client = client
+        self.source = source
+
+    @classmethod
+    def open(
+        cls,
+        store: Store,
+        config: SourceConfig,
+        *,
+        clock: Clock = utcnow,
+        transport: httpx.BaseTransport | None = None,
+        event_hooks: EventHooks | None = None,
+        state: SourceState | None = None,
+    ) -> SourceRuntime:
+        client = make_client(config, transport, event_hooks)
+        try:
+            loaded = state if state is not None else store.load_state(config.name)
+            source = build_source(config, client, store, loaded, clock)
+        except BaseException:
+            client.close()
+            raise
+        return cls(config, client, source)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> SourceRuntime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- the one loop ----------------------------------------------------------------
+
+
+class CursorSink(Protocol):
+    """Where the position after each page is committed, in the page's transaction."""
+
+    def save(self, conn: sa.Connection, cursor: Mapping[str, Any], now: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveCursor:
+    """The live pass's sink: ``sync_state.cursor`` of ``source``."""
+
+    store: Store
+    source: str
+
+    def save(self, conn: sa.Connection, cursor: Mapping[str, Any], now: datetime) -> None:
+        self.store.save_cursor(conn, self.source, dict(cursor), now)
+
+
+class NoCursor:
+    """A sink that keeps no position: reconciliation re-reads are idempotent."""
+
+    def save(self, conn: sa.Connection, cursor: Mapping[str, Any], now: datetime) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    written: WriteResult = field(default_factory=WriteResult)
+    pages: int = 0
+    stopped: bool = False
+
+
+def drive(
+    store: Store,
+    source: str,
+    pages: Iterator[Page],
+    sink: CursorSink,
+    *,
+    clock: Clock = utcnow,
+    stop: threading.Event | None = None,
+    on_page: Callable[[Page, WriteResult], None] | None = None,
+) -> Progress:
+    """Commit ``pages`` one transaction each, rows with the sink's position.
+
+    ``stop`` is checked between pages: when set, the loop ends after the
+    page in hand is committed. Exceptions propagate; everything committed
+    before them stays.
+    """
+    total = WriteResult()
+    count = 0
+    for page in prefetched(pages):
+        written = store.write_page(
+            source, page.records, page.rejected, page.cursor, clock(), sink=sink
+        )
+        total += written
+        count += 1
+        log.info(
+            "page_committed",
+            source=source,
+            rows=len(page.records),
+            inserted=written.inserted,
+            updated=written.updated,
+            unchanged=written.unchanged,
+            rejected=written.rejected,
+        )
+        if on_page is not None:
+            on_page(page, written)
+        if stop is not None and stop.is_set():
+            log.info("pass_stopping", source=source, reason="stop requested")
+            return Progress(total, count, stopped=True)
+    return Progress(total, count)
+
+
+# -- the live pass ---------------------------------------------------------------
 
 
 def run_pass(
@@ -83,17 +241,21 @@ def run_pass(
     clock: Clock = utcnow,
     transport: httpx.BaseTransport | None = None,
     stop: threading.Event | None = None,
+    runtime: SourceRuntime | None = None,
 ) -> PassResult:
-    """Run one incremental pass of ``config``'s source; never raises for vendor errors.
+    """Run one incremental pass of ``config``'s source; never raises for its failures.
 
-    ``stop`` is checked between pages: when set, the pass ends after the page
-    in hand is committed (the daemon's clean shutdown).
+    ``runtime`` is the source's long-lived runtime (the daemon's); without
+    one, a runtime is built for this pass and closed after it. Any exception
+    in the pass, expected or not, is recorded as this source's failure
+    (``sync_state.last_error``) and returned, so one source never stops
+    another.
     """
     with store.source_lock(config.name) as acquired:
         if not acquired:
             log.info("pass_skipped", source=config.name, reason="locked by another process")
-            return PassResult(config.name, ok=True, skipped=True)
-        return _locked_pass(store, config, clock, transport, stop)
+            return PassResult(config.name, ok=True, skipped=True, kind=config.kind)
+        return _locked_pass(store, config, clock, transport, stop, runtime)
 
 
 def _locked_pass(
@@ -102,75 +264,116 @@ def _locked_pass(
     clock: Clock,
     transport: httpx.BaseTransport | None,
     stop: threading.Event | None,
+    runtime: SourceRuntime | None,
 ) -> PassResult:
     started = time.perf_counter()
     now = clock()
-    total = WriteResult()
-    pages = 0
+    progress = Progress()
+    # Read after the lock is held: another replica may have just moved it.
     state = store.load_state(config.name)
     log.info("pass_started", source=config.name, kind=config.kind, cursor=state.cursor)
+    own = runtime is None
+    reconciled = None
     try:
-        with make_client(config, transport) as client:
-            source = build_source(config, client, store, state, clock)
-            for page in prefetched(source.pages(state.cursor, now)):
-                written = store.write_page(
-                    config.name, page.records, page.rejected, page.cursor, clock()
-                )
-                total += written
-                pages += 1
-                log.info(
-                    "page_committed",
-                    source=config.name,
-                    rows=len(page.records),
-                    inserted=written.inserted,
-                    updated=written.updated,
-                    unchanged=written.unchanged,
-                    rejected=written.rejected,
-                    cursor=page.cursor,
-                )
-                if stop is not None and stop.is_set():
-                    log.info("pass_stopping", source=config.name, reason="stop requested")
-                    break
-    except SourceError as exc:
-        return _failed(store, config, clock, total, pages, started, exc)
-    store.record_success(config.name, clock())
+        if runtime is None:
+            runtime = SourceRuntime.open(
+                store, config, clock=clock, transport=transport, state=state
+            )
+        progress = drive(
+            store,
+            config.name,
+            runtime.source.pages(state.cursor, now),
+            LiveCursor(store, config.name),
+            clock=clock,
+            stop=stop,
+        )
+        if not progress.stopped:
+            store.record_success(config.name, clock())
+            reconciled = _reconcile_if_due(store, config, runtime, clock, stop)
+    except Exception as exc:  # recorded as this source's failure, never propagated
+        return _failed(store, config, clock, progress, started, exc)
+    finally:
+        if own and runtime is not None:
+            runtime.close()
     duration = time.perf_counter() - started
+    total = progress.written
     log.info(
         "pass_finished",
         source=config.name,
-        pages=pages,
+        pages=progress.pages,
         inserted=total.inserted,
         updated=total.updated,
         unchanged=total.unchanged,
         rejected=total.rejected,
+        stopped=progress.stopped,
         duration_s=round(duration, 3),
     )
-    return PassResult(config.name, ok=True, written=total, pages=pages, duration_s=duration)
+    return PassResult(
+        config.name,
+        ok=True,
+        written=total,
+        pages=progress.pages,
+        duration_s=duration,
+        kind=config.kind,
+        reconciled=reconciled,
+    )
+
+
+def _reconcile_if_due(
+    store: Store,
+    config: SourceConfig,
+    runtime: SourceRuntime,
+    clock: Clock,
+    stop: threading.Event | None,
+) -> ReconcileReport | None:
+    """The scheduled reconciliation, inside the pass's lock (never during a shutdown)."""
+    if stop is not None and stop.is_set():
+        return None
+    from syncd.reconcile import reconcile_if_due
+
+    return reconcile_if_due(store, config, runtime=runtime, clock=clock)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for ``last_error`` and the CLI: the type, then what it said."""
+    text = " ".join(str(exc).split()) or "no detail"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _failed(
     store: Store,
     config: SourceConfig,
     clock: Clock,
-    total: WriteResult,
-    pages: int,
+    progress: Progress,
     started: float,
-    exc: SourceError,
+    exc: Exception,
 ) -> PassResult:
-    message = f"{type(exc).__name__}: {exc}"
-    store.record_failure(config.name, message, clock())
+    message = describe_error(exc)
+    expected = isinstance(exc, SourceError)
+    try:
+        store.record_failure(config.name, message, clock())
+    except Exception as db_exc:  # the database itself may be what failed
+        log.warning("failure_not_recorded", source=config.name, error=describe_error(db_exc))
     duration = time.perf_counter() - started
     # A warning, not an error: the caller reports the failure (the CLI's one
-    # line, the daemon's metrics); the log keeps the details.
+    # line, the daemon's metrics); the log keeps the details. An unexpected
+    # exception is a bug: its traceback goes to the log, never to the user.
     log.warning(
         "pass_failed",
         source=config.name,
         error_type=type(exc).__name__,
         error=str(exc),
-        pages=pages,
-        inserted=total.inserted,
+        pages=progress.pages,
+        inserted=progress.written.inserted,
         duration_s=round(duration, 3),
+        exc_info=not expected,
     )
     return PassResult(
-        config.name, ok=False, written=total, pages=pages, duration_s=duration, error=str(exc)
+        config.name,
+        ok=False,
+        written=progress.written,
+        pages=progress.pages,
+        duration_s=duration,
+        error=str(exc) if expected else message,
+        kind=config.kind,
     )

@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
+from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 from syncd.simulators.doorflow import DoorFlowSimulator
-from syncd.simulators.faults import Faults
+from syncd.simulators.faults import ALL_KINDS, MALFORMED_KINDS, Faults, kind_indexes
 from syncd.simulators.intserv import DEFAULT_SYSTEMS, IntServSimulator
 
 _DOORFLOW_ONLY = (
@@ -20,12 +21,19 @@ _DOORFLOW_ONLY = (
     "name_update_share",
     "name_update_delay",
     "token_expiry",
+    "unlist",
     "token",
     "webhook_url",
     "webhook_secret",
     "webhook_interval",
 )
-_INTSERV_ONLY = ("continuation_ttl", "offline", "systems")
+_INTSERV_ONLY = (
+    "continuation_ttl",
+    "offline",
+    "systems",
+    "expired_key_status",
+    "current_least_sync_time",
+)
 
 _share = click.FloatRange(0.0, 1.0)
 _positive = click.FloatRange(min=0.0)
@@ -60,6 +68,11 @@ _positive = click.FloatRange(min=0.0)
 @click.option("--latency", default=0.0, type=_positive, help="Added to every request, ms.")
 @click.option("--malformed", default=0.0, type=_share, help="Share of records served broken.")
 @click.option(
+    "--malformed-kinds",
+    default=",".join(MALFORMED_KINDS),
+    help=f"Which breakages --malformed serves, comma-separated, of: {', '.join(ALL_KINDS)}.",
+)
+@click.option(
     "--late-share",
     default=0.0,
     type=_share,
@@ -92,10 +105,27 @@ _positive = click.FloatRange(min=0.0)
     help="DoorFlow: OAuth access token lifetime, s.",
 )
 @click.option(
+    "--unlist",
+    default="",
+    metavar="CODES",
+    help="DoorFlow: comma-separated codes the list refuses (400) besides 50-63.",
+)
+@click.option(
     "--continuation-ttl",
     default=300.0,
     type=_positive,
     help="IntServ: continuation key lifetime, s.",
+)
+@click.option(
+    "--expired-key-status",
+    default=400,
+    type=click.Choice(["400", "403", "404", "410", "500", "503"]),
+    help="IntServ: the status an expired continuation key gets (every time it is sent).",
+)
+@click.option(
+    "--current-least-sync-time",
+    is_flag=True,
+    help="IntServ: each page reports least_sync_time now, not the pass minimum.",
 )
 @click.option(
     "--offline",
@@ -128,6 +158,8 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             drop=options["drop"],
             latency=options["latency"] / 1000.0,
         )
+        kinds = [k.strip() for k in options["malformed_kinds"].split(",") if k.strip()]
+        kind_indexes(kinds)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     common: dict[str, Any] = {
@@ -137,6 +169,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
         "people": options["people"],
         "faults": faults,
         "malformed_share": options["malformed"],
+        "malformed_kinds": kinds,
         "tie_groups": options["tie_groups"] if options["ties"] else 0,
         "tie_size": options["ties"],
         "rate": options["rate"],
@@ -148,6 +181,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
     comebacks: list[tuple[float, str]] = []
     sim: DoorFlowSimulator | IntServSimulator
     if vendor == "doorflow":
+        unlisted = _codes(options["unlist"])
         sim = DoorFlowSimulator(
             **common,
             doors=options["doors"] or 20,
@@ -157,6 +191,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             name_update_share=options["name_update_share"],
             name_update_delay=options["name_update_delay"],
             token_expiry=options["token_expiry"],
+            listable_codes=DOORFLOW_LISTABLE_CODES - unlisted,
             token=options["token"],
             webhook_url=options["webhook_url"],
             webhook_secret=options["webhook_secret"],
@@ -182,9 +217,20 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             doors=options["doors"] or 6,
             systems=systems,
             continuation_ttl=options["continuation_ttl"],
+            expired_key_status=int(options["expired_key_status"]),
+            report_current_least_sync_time=options["current_least_sync_time"],
             offline=offline,
         )
     _run(sim, comebacks)
+
+
+def _codes(spec: str) -> frozenset[int]:
+    try:
+        return frozenset(int(part) for part in spec.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a list of integers: {spec!r}", param_hint="--unlist"
+        ) from None
 
 
 def _reject_foreign_options(ctx: click.Context, vendor: str) -> None:

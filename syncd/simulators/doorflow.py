@@ -2,6 +2,12 @@
 flavors), ``GET /api/3/events/{id}`` with webhook acknowledgement,
 ``POST /oauth/token`` with rotating refresh tokens, signed webhooks.
 
+The list names only *listable* codes (``listable_codes``, by default the
+documented set: every code but 50-63); naming any other, in ``event_codes``
+or the guide's repeated ``event_code``, is the vendor's ``400 bad_request``
+"The following event codes are not valid for this method: ...". Remote-control
+events still exist: ``GET /api/3/events/{id}`` and webhooks serve them.
+
 Times are epoch microseconds internally (milliseconds in the data). An event
 is *visible* once it has arrived (its id is assigned then, so ids follow
 arrival order); a late event arrives well after its ``created_at``.
@@ -13,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import http.client
+import json
 import math
 import random
 import time
@@ -29,7 +36,13 @@ import orjson
 
 from syncd.simulators import data
 from syncd.simulators.clock import US, Clock, iso_ms, parse_iso
-from syncd.simulators.faults import Faults
+from syncd.simulators.faults import (
+    ALL_KINDS,
+    POISON_KINDS,
+    Faults,
+    kind_indexes,
+    poison,
+)
 from syncd.simulators.index import SortedIndex
 from syncd.simulators.server import BaseSimulator, Request, Response, json_response
 
@@ -47,7 +60,6 @@ _DOOR_ID_BASE = 1340
 _SITES = (("HQ", 0), ("Berlin", 60), ("Manchester", 0))
 """Door controllers at Berlin report local time: ``created_at`` ends ``+01:00``."""
 
-MALFORMED_KINDS = ("missing_id", "missing_time", "bad_time", "bad_code", "wrong_types")
 _BAD_TIMES = ("2024-02-30T25:61:00Z", "yesterday", "", "15/01/2024 14:30", "0000-00-00T00:00:00Z")
 _CRED_TYPES = {data.CRED_CARD: "Card", data.CRED_PIN: "PIN", data.CRED_MOBILE: "Mobile"}
 _REF = (
@@ -134,7 +146,7 @@ class _Event:
         self.name0 = name0  # the name served until update_at
         self.update_at = update_at  # -1: never changes
         self.updated = False
-        self.bad = bad  # 0, or 1 + index into MALFORMED_KINDS
+        self.bad = bad  # 0, or 1 + index into ALL_KINDS
         self.ref: bytes | None = None
         self.guide: bytes | None = None
 
@@ -161,7 +173,13 @@ class _Notification:
 
 
 class _BadRequest(Exception):
-    pass
+    def __init__(self, message: str, error: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+INVALID_CODES_MESSAGE = "The following event codes are not valid for this method: "
+"""DoorFlow's 400 ``error_description`` for codes the list does not accept."""
 
 
 class DoorFlowSimulator(BaseSimulator):
@@ -176,14 +194,17 @@ class DoorFlowSimulator(BaseSimulator):
     seconds after arrival (``updated_at`` moves). ``malformed_share`` of
     records are served broken, the same way every time. OAuth access tokens
     last ``token_expiry`` seconds; the static ``token`` and ``api_key`` never
-    expire. With ``webhook_url`` every new or updated event is announced; the
-    unacknowledged are re-sent on each :meth:`deliver_webhooks` call, and every
-    ``webhook_interval`` seconds by the background thread when that is set.
+    expire. ``listable_codes`` (default: the documented set, see the module
+    docstring) are the codes a list request may name; shrink it (also while
+    serving) to play a vendor that stops listing some. With ``webhook_url``
+    every new or updated event is announced; the unacknowledged are re-sent
+    on each :meth:`deliver_webhooks` call, and every ``webhook_interval``
+    seconds by the background thread when that is set.
     """
 
     vendor = "doorflow"
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one assignment per knob, read top to bottom
         self,
         *,
         seed: int = 1,
@@ -201,7 +222,9 @@ class DoorFlowSimulator(BaseSimulator):
         tie_groups: int = 0,
         tie_size: int = 0,
         malformed_share: float = 0.0,
+        malformed_kinds: Iterable[str] | None = None,
         token_expiry: float = 3600.0,
+        listable_codes: Iterable[int] | None = None,
         rate: float = 0.0,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
@@ -232,7 +255,11 @@ class DoorFlowSimulator(BaseSimulator):
         self.name_update_share = name_update_share
         self.name_update_delay = name_update_delay
         self.malformed_share = malformed_share
+        self._bad_kinds = kind_indexes(malformed_kinds)
         self.token_expiry = token_expiry
+        self.listable_codes = (
+            data.DOORFLOW_LISTABLE_CODES if listable_codes is None else listable_codes
+        )
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.webhook_interval = webhook_interval
@@ -285,6 +312,14 @@ class DoorFlowSimulator(BaseSimulator):
         self._flavor = flavor
 
     @property
+    def listable_codes(self) -> frozenset[int]:
+        return self._listable_codes
+
+    @listable_codes.setter
+    def listable_codes(self, codes: Iterable[int]) -> None:
+        self._listable_codes = frozenset(codes)
+
+    @property
     def acks(self) -> list[tuple[int, str, str | None]]:
         """Every acknowledgement received: (event id, ack_token, callback)."""
         with self._lock:
@@ -320,20 +355,32 @@ class DoorFlowSimulator(BaseSimulator):
             self._apply_due(self._now())
             return len(self._all)
 
-    def truth(self) -> dict[int, dict[str, Any]]:
-        """Every valid visible event in its current version, by id (reference fields)."""
+    def truth(self, *, listable: bool = False) -> dict[int, dict[str, Any]]:
+        """Every valid visible event in its current version, by id (reference fields).
+
+        ``listable``: only those a list naming every listable code returns
+        (what a sync can hold; remote-control events are left out).
+        """
         with self._lock:
             self._apply_due(self._now())
-            parts = [e.ref or self._render_ref(e) for e in self._all.items if not e.bad]
+            codes = self.listable_codes if listable else _ALL_CODES
+            parts = [
+                e.ref or self._render_ref(e)
+                for e in self._all.items
+                if not e.bad and e.code in codes
+            ]
         return {event["id"]: event for event in orjson.loads(b"[" + b",".join(parts) + b"]")}
 
-    def malformed(self) -> list[dict[str, Any]]:
-        """The malformed records visible so far, as served in the current flavor."""
+    def malformed(self, *, listable: bool = False) -> list[dict[str, Any]]:
+        """The malformed records visible so far, as served in the current flavor
+        (``listable``: only those of listable codes, as in :meth:`truth`)."""
         with self._lock:
             self._apply_due(self._now())
             render = self._renderer(self._flavor)
-            parts = [render(e) for e in self._all.items if e.bad]
-        result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(parts) + b"]")
+            codes = self.listable_codes if listable else _ALL_CODES
+            parts = [render(e) for e in self._all.items if e.bad and e.code in codes]
+        # json, not orjson: a lone surrogate (POISON_KINDS) is in there as served.
+        result: list[dict[str, Any]] = json.loads(b"[" + b",".join(parts) + b"]")
         return result
 
     def pending_webhooks(self) -> list[dict[str, Any]]:
@@ -431,6 +478,7 @@ class DoorFlowSimulator(BaseSimulator):
         update_share = self.name_update_share
         delay = int(self.name_update_delay * US)
         bad_share = self.malformed_share
+        kinds = self._bad_kinds
         events = []
         for i in range(n):
             code = codes[i]
@@ -449,7 +497,7 @@ class DoorFlowSimulator(BaseSimulator):
                     if update_share and rand() < update_share:
                         name0 = None if rand() < 0.5 else _old_name(people[person])
                         update_at = arrived[i] + delay
-            bad = 1 + int(rand() * len(MALFORMED_KINDS)) if bad_share and rand() < bad_share else 0
+            bad = 1 + kinds[int(rand() * len(kinds))] if bad_share and rand() < bad_share else 0
             events.append(
                 _Event(
                     created[i],
@@ -708,7 +756,7 @@ class DoorFlowSimulator(BaseSimulator):
             return handler(request)
         except _BadRequest as exc:
             self._count("bad_requests")
-            return self._error(400, "invalid_request", str(exc))
+            return self._error(400, exc.error, str(exc))
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
@@ -737,6 +785,12 @@ class DoorFlowSimulator(BaseSimulator):
         self, request: Request, codes_from: tuple[str, ...], doors_from: tuple[str, ...]
     ) -> _Filter:
         codes = _ints(request.args(*codes_from), "event code")
+        unlisted = sorted(set(codes) - self.listable_codes)
+        if unlisted:
+            # The vendor's own answer, word for word (FACTS.md): the whole
+            # request fails, nothing is served.
+            self._count("unlistable_code_requests")
+            raise _BadRequest(INVALID_CODES_MESSAGE + ", ".join(map(str, unlisted)), "bad_request")
         doors = _ints(request.args(*doors_from), "channel id")
         persons = _ints(request.args("person_id"), "person id")
         code_set = frozenset(codes) if codes else data.DOORFLOW_DEFAULT_CODES
@@ -955,7 +1009,9 @@ def _old_name(person: _Person) -> str:
 
 def _spoil(rendered: bytes, event: _Event, time_field: str, id_fields: Iterable[str]) -> bytes:
     record = orjson.loads(rendered)
-    kind = MALFORMED_KINDS[event.bad - 1]
+    kind = ALL_KINDS[event.bad - 1]
+    if kind in POISON_KINDS:
+        return poison(record, kind, "event_code", 2**32 + event.code, time_field)
     if kind == "missing_id":
         for field in id_fields:
             del record[field]

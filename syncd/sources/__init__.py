@@ -8,12 +8,15 @@ vendor is one new module and nothing else.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from syncd.errors import ConfigError
 
+if TYPE_CHECKING:
+    from syncd.sources.base import Source
 
-def source_class(kind: str) -> Any:
+
+def source_class(kind: str) -> type[Source]:
     """The ``SOURCE`` class of the connector for ``kind``."""
     try:
         module = importlib.import_module(f"syncd.sources.{kind}")
@@ -22,4 +25,4 @@ def source_class(kind: str) -> Any:
     source = getattr(module, "SOURCE", None)
     if source is None:
         raise ConfigError(f"unknown source kind {kind!r}")
-    return source
+    return cast("type[Source]", source)

@@ -58,19 +58,33 @@ class SourceContext:
     and rejected records with ``since <= occurred_at < until`` (``until``
     None: no upper bound), for reconciliation against a vendor's totals;
     ``count_unplaced`` counts its rejected records that had no readable time.
-    ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token,
-    and ``save_refresh_token`` commits a new one at once, before it is used.
+    ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token
+    and ``refresh_token_origin`` the fingerprint of the configured token it
+    descends from (:func:`syncd.sources.auth.choose_refresh_token`);
+    ``save_refresh_token(token, origin)`` commits a new one with its origin at
+    once, before it is used.
     """
 
     codes: Mapping[int, CodeInfo] = field(default_factory=dict)
     count_local: Callable[[datetime, datetime | None], int] | None = None
     count_unplaced: Callable[[], int] | None = None
     refresh_token: str | None = None
-    save_refresh_token: Callable[[str], None] | None = None
+    save_refresh_token: Callable[[str, str], None] | None = None
+    refresh_token_origin: str | None = None
 
 
 class Source(Protocol):
-    """One configured vendor account."""
+    """One configured vendor account.
+
+    Besides the live pass (:meth:`pages`), a connector offers what history
+    loads and repairs need: reading one bounded window (:meth:`window_pages`,
+    for ``syncd backfill`` and reconciliation re-reads) and the vendor's own
+    count of a span (:meth:`vendor_count`, for reconciliation; None when the
+    vendor has none). ``listed_codes`` are the event codes its listing can
+    return (None: all), so local counts compare like with like.
+    """
+
+    listed_codes: frozenset[int] | None
 
     def __init__(
         self, config: SourceConfig, client: httpx.Client, context: SourceContext
@@ -82,4 +96,18 @@ class Source(Protocol):
         ``now`` is the pass's start time; the connector never reads the clock
         itself for cursor arithmetic. An empty ``cursor`` means a first pass.
         """
+        ...
+
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Yield the pages of ``[since, until)``; each ``Page.cursor`` is the position.
+
+        ``position`` is one a page of this window carried (resume) or empty.
+        The last page's position is ``{"done": True}``.
+        """
+        ...
+
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """The vendor's count of its listed events in ``[since, until)``, or None."""
         ...

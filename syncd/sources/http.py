@@ -15,6 +15,8 @@ tenacity. Policy is decided by exception *type*:
 from __future__ import annotations
 
 import email.utils
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,13 +83,18 @@ def _http_date(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def error_body(response: httpx.Response) -> Any:
+    """The error response's JSON body, or ``None`` when it is not JSON."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def error_detail(response: httpx.Response) -> str:
     """A short, secret-free description of an error response."""
     detail = ""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
+    body = error_body(response)
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "error_description", "message") if body.get(k)]
         detail = ": " + " - ".join(parts) if parts else ""
@@ -107,17 +114,41 @@ def raise_for_status(response: httpx.Response) -> None:
         raise TransientError(detail)
     if status in (401, 403):
         raise AuthError(detail)
-    raise RequestRejected(detail)
+    raise RequestRejected(detail, status, error_body(response))
 
 
 def parse_json(response: httpx.Response) -> Any:
-    """The response body as JSON; a body that is not JSON is transient (retried)."""
+    """The response body as JSON; a body that is not JSON is transient (retried).
+
+    orjson refuses a whole body for one value inside it (a lone surrogate
+    escape such as ``"\\ud800"``, an integer beyond 64 bits, ``1e400``): the
+    standard library, which accepts those, gets a second look, so one bad
+    record becomes one rejected record (:func:`syncd.records.split_page`)
+    instead of a page retried forever.
+    """
+    content = response.content
+    # orjson reads an integer beyond 64 bits as a float, silently: a body with
+    # a 20-digit run anywhere (rare; a false positive only costs speed) is read
+    # by the standard library, which keeps it exact.
+    if not _LONG_DIGITS.search(content):
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
+        return json.loads(content, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
         raise TransientError(
             f"HTTP {response.status_code} from {response.request.url.path}: body is not JSON"
         ) from exc
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
+def _not_json(name: str) -> Any:
+    # NaN and Infinity are not JSON; the standard library would accept them.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
@@ -189,6 +220,7 @@ def _attempt(
 
 __all__ = [
     "RetryPolicy",
+    "error_body",
     "parse_json",
     "raise_for_status",
     "retry_after_seconds",

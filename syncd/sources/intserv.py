@@ -35,16 +35,23 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   page, the horizon so far, and the request filters it belongs to). A resumed
   pass uses the stored continuation key; the horizon arithmetic is the same
   as if it had never stopped.
-- **A rejected continuation key** (the server's TTL is unknown): any
-  non-auth, non-429 4xx to a request that *carried* a continuation key — the
-  classification is by which request failed, never by the message — raises
-  :class:`~syncd.errors.ContinuationRejected`, and the pass starts again from
-  its ``from_date`` with a fresh horizon (the events already stored are
-  upserted again, harmlessly). After :data:`MAX_RESTARTS` restarts in one
-  run the pass fails; the committed cursor still resumes it next time. The
-  same 4xx to a request *without* a key is a real rejection and fails the
-  pass at once. A pass whose filters (``systems``, ``include_*``) changed in
-  the configuration is discarded: its key belongs to another query.
+- **A failing continuation key** (the server's TTL is unknown, and an
+  expired key has been seen answered with 4xx, 403 and 500): any error that
+  persists once retries are spent, to a request that *carried* a
+  continuation key — the classification is by which request failed, never
+  by the message — raises :class:`~syncd.errors.ContinuationRejected`, and
+  the pass starts again from its ``from_date`` with a fresh horizon (the
+  events already stored are upserted again, harmlessly). After
+  :data:`MAX_RESTARTS` restarts in one run the pass fails with that error;
+  the committed cursor still resumes it next time. The same error to a
+  request *without* a key is a real failure and fails the pass at once.
+- **A change of scope** (``systems``, ``include_*`` in the configuration):
+  the committed ``least_sync_time`` belongs to the filters it was reported
+  for, which the cursor records. Fewer systems: it still holds. Anything
+  else (a system added): the new scope is read from the cursor's ``origin``
+  (where the first pass began, else ``start``) and logged as
+  ``scope_changed`` (:func:`rescope`). A pass in progress under other
+  filters is dropped: its key belongs to another query.
 - **No ``to_date`` is sent** (the server's default: its own now). The
   ``least_sync_time`` guarantee is stated in the server's clock for the query
   it ran; with a client-chosen ``to_date`` from *our* clock, skew could put
@@ -54,6 +61,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   changing bodies are unknown). Without it, the list simply grows at its tail
   while it is read, which forward paging handles; the pass still ends,
   because a page holds up to 1000 events and arrivals do not keep pace.
+- **Categories** (DESIGN.md "Categories"): the event's own ``category``
+  field decides (``accessgranted`` / ``accessdenied``); the code table gives
+  the label only, and the category when the record has no usable field.
 - Retries, 429 waits, 5xx/timeouts/dropped connections and non-JSON bodies
   are all :func:`syncd.sources.http.send`'s business. A JSON body without an
   ``events`` list or a boolean ``has_more``, ``has_more`` without a key, or
@@ -71,8 +81,9 @@ import httpx
 import orjson
 import structlog
 
-from syncd.errors import ConfigError, ContinuationRejected, RequestRejected, SourceError
+from syncd.errors import ConfigError, ContinuationRejected, SourceError
 from syncd.records import (
+    INT4,
     EventRecord,
     MalformedRecord,
     RejectedRecord,
@@ -80,6 +91,7 @@ from syncd.records import (
     parse_time,
     required_int,
     split_page,
+    to_json,
 )
 from syncd.sources.auth import BearerToken
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
@@ -97,7 +109,8 @@ DEFAULT_FIRST_PASS = timedelta(days=7)
 MAX_RESTARTS = 3
 """Rejected continuation keys tolerated in one run of a pass before it fails."""
 
-_CATEGORY_FALLBACK = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+_VENDOR_CATEGORIES = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+"""IntServ's own ``category`` values (compared without case, spaces, ``_`` or ``-``)."""
 
 
 # -- normalization -------------------------------------------------------------
@@ -146,11 +159,31 @@ def _person_name(person: Mapping[str, Any] | None, subject: Mapping[str, Any] | 
     return None
 
 
-def _category(code: int, info: CodeInfo | None, raw: Mapping[str, Any]) -> str:
-    if info is not None:
-        return info.category
-    vendor_category = optional_text(raw.get("category"), "category")
-    return _CATEGORY_FALLBACK.get((vendor_category or "").strip().lower(), "other")
+def vendor_category(raw_category: object) -> str | None:
+    """The contract category an IntServ ``category`` field names; ``None`` if unusable.
+
+    ``accessgranted`` / ``accessdenied``, ignoring case, spaces, ``_`` and
+    ``-`` (migration 0002 applies the same rule in SQL to stored rows). Any
+    other value, or a value that is not text, names no category.
+    """
+    if not isinstance(raw_category, str):
+        return None
+    folded = raw_category.replace(" ", "").replace("_", "").replace("-", "").lower()
+    return _VENDOR_CATEGORIES.get(folded)
+
+
+def category(raw_category: object, code: int, codes: Mapping[int, CodeInfo]) -> str:
+    """The event's category (DESIGN.md "Categories"): its own field decides.
+
+    IntServ serves every event with its ``category`` (104, the exit button,
+    comes as ``accessgranted``): that field wins over any guess from ``type``.
+    A record without a usable one falls back to the code table, then ``other``.
+    """
+    named = vendor_category(raw_category)
+    if named is not None:
+        return named
+    info = codes.get(code)
+    return info.category if info is not None else "other"
 
 
 def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
@@ -160,7 +193,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     system_id = _system_id(raw)
     occurred_at = parse_time(raw.get("event_time"), "event_time")
     sequence_id = required_int(raw.get("sequence_id"), "sequence_id")
-    code = required_int(raw.get("type"), "type")
+    code = required_int(raw.get("type"), "type", INT4)
     key = _object(raw, "key")
     person = _object(raw, "person")
     subject = _object(raw, "subject")
@@ -170,9 +203,9 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         vendor=VENDOR,
         occurred_at=occurred_at,
         event_code=code,
-        category=_category(code, info, raw),
+        category=category(raw.get("category"), code, codes),
         label=info.label if info else None,
-        payload=orjson.dumps(raw),
+        payload=to_json(raw),
         door_name=optional_text(raw.get("door_name"), "door_name"),
         person_id=optional_text(person.get("id"), "person.id") if person else None,
         person_name=_person_name(person, subject),
@@ -182,10 +215,24 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     )
 
 
+def natural_key(raw: Any) -> str | None:
+    """A raw event's ``event_key``, when its three parts can be read."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return event_key(
+            _system_id(raw),
+            parse_time(raw.get("event_time"), "event_time"),
+            required_int(raw.get("sequence_id"), "sequence_id"),
+        )
+    except MalformedRecord:
+        return None
+
+
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    return split_page(items, lambda raw: from_api(raw, codes), "event_time")
+    return split_page(items, lambda raw: from_api(raw, codes), "event_time", identify=natural_key)
 
 
 # -- the cursor arithmetic (pure) ----------------------------------------------
@@ -204,36 +251,53 @@ class PassState:
     continuation_key: str | None = None
     horizon: datetime | None = None  # min least_sync_time reported in this pass
     scope: str = ""
+    to_date: datetime | None = None  # a window read's end (backfill); live passes send none
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "from_date": canonical_time(self.from_date),
             "continuation_key": self.continuation_key,
             "horizon": canonical_time(self.horizon) if self.horizon else None,
             "scope": self.scope,
         }
+        if self.to_date is not None:
+            data["to_date"] = canonical_time(self.to_date)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassState:
         horizon = data.get("horizon")
         key = data.get("continuation_key")
+        to_date = data.get("to_date")
         return cls(
             from_date=_parse_stored(data["from_date"]),
             continuation_key=str(key) if key else None,
             horizon=_parse_stored(horizon) if horizon else None,
             scope=str(data.get("scope", "")),
+            to_date=_parse_stored(to_date) if to_date else None,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class IntServCursor:
-    """``least_sync_time``: the committed horizon; ``current``: a pass in progress."""
+    """``least_sync_time``: the committed horizon; ``current``: a pass in progress.
+
+    ``scope`` is the request filters the horizon was reported for (None: a
+    cursor stored before syncd recorded it) and ``origin`` where the first
+    pass began (None: likewise), so a scope that grows can be read from there.
+    """
 
     least_sync_time: datetime
     current: PassState | None = None
+    scope: str | None = None
+    origin: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"least_sync_time": canonical_time(self.least_sync_time)}
+        if self.scope is not None:
+            data["scope"] = self.scope
+        if self.origin is not None:
+            data["origin"] = canonical_time(self.origin)
         if self.current is not None:
             data["pass"] = self.current.to_json()
         return data
@@ -243,17 +307,64 @@ class IntServCursor:
         """The stored cursor; an empty one starts at ``start``."""
         stored = data.get("least_sync_time") if data else None
         if not stored:
-            return cls(least_sync_time=start)
+            return cls(least_sync_time=start, origin=start)
         current = data.get("pass")
+        scope = data.get("scope")
+        origin = data.get("origin")
         return cls(
             least_sync_time=_parse_stored(stored),
             current=PassState.from_json(current) if current else None,
+            scope=str(scope) if scope is not None else None,
+            origin=_parse_stored(origin) if origin else None,
         )
 
 
 def begin_pass(cursor: IntServCursor, scope: str) -> IntServCursor:
     """A fresh pass from the committed horizon (inclusive)."""
-    return replace(cursor, current=PassState(from_date=cursor.least_sync_time, scope=scope))
+    return replace(
+        cursor, scope=scope, current=PassState(from_date=cursor.least_sync_time, scope=scope)
+    )
+
+
+def narrows(old: str, new: str) -> bool:
+    """Whether the filters ``new`` select a subset of what ``old`` selected.
+
+    Only the systems list is compared that way (no list means every system);
+    any change of the category flags counts as a widening (their combined
+    meaning is the server's; re-reading is the safe side).
+    """
+    before, after = orjson.loads(old), orjson.loads(new)
+    flags = ("include_access_granted", "include_access_denied")
+    if any(before.get(flag) != after.get(flag) for flag in flags):
+        return False
+    old_systems = set(before.get("systems") or ())
+    new_systems = set(after.get("systems") or ())
+    return not old_systems or (bool(new_systems) and new_systems <= old_systems)
+
+
+def rescope(cursor: IntServCursor, scope: str, start: datetime) -> tuple[IntServCursor, str | None]:
+    """The cursor for the filters ``scope``, and what changed (None, "narrowed", "widened").
+
+    The committed ``least_sync_time`` is a guarantee for the filters it was
+    reported for. For fewer systems it still holds (their minimum can only be
+    higher). For more (a system added to ``systems``), nothing is known about
+    the new ones: the scope is read from where it is complete, the cursor's
+    ``origin`` (else ``start``), and the horizon starts there again, so the
+    first pass over the new scope ends at *its* reported minimum. A pass in
+    progress under other filters is dropped either way: its key belongs to
+    another query.
+    """
+    old = cursor.scope
+    if old is None and cursor.current is not None:
+        old = cursor.current.scope or None
+    if old is None:
+        return replace(cursor, scope=scope), None  # unknown before: adopt it
+    if old == scope:
+        return replace(cursor, scope=scope), None
+    if narrows(old, scope):
+        return replace(cursor, scope=scope, current=None), "narrowed"
+    origin = cursor.origin or start
+    return IntServCursor(least_sync_time=origin, scope=scope, origin=origin), "widened"
 
 
 def restart_pass(cursor: IntServCursor) -> IntServCursor:
@@ -282,7 +393,7 @@ def after_page(
     horizon = seen if current.horizon is None else min(current.horizon, seen)
     if has_more:
         return replace(cursor, current=replace(current, continuation_key=next_key, horizon=horizon))
-    return IntServCursor(least_sync_time=max(cursor.least_sync_time, horizon))
+    return replace(cursor, least_sync_time=max(cursor.least_sync_time, horizon), current=None)
 
 
 # -- responses -------------------------------------------------------------------
@@ -359,6 +470,8 @@ class IntServSource:
             "limit": min(self.config.page_size, MAX_LIMIT),
             **self._filters(),
         }
+        if current.to_date is not None:
+            body["to_date"] = canonical_time(current.to_date)
         if current.continuation_key is not None:
             body["continuation_key"] = current.continuation_key
         return body
@@ -374,21 +487,90 @@ class IntServSource:
             )
         except ContinuationRejected:
             raise
-        except RequestRejected as exc:
+        except SourceError as exc:
+            # Whatever a request with a key keeps failing with once retries are
+            # spent (4xx, 403, a 500 that persists): the key may be the cause,
+            # so it is dropped and the pass restarts without it. A request
+            # without a key failing the same way is a real failure.
             if current.continuation_key is None:
                 raise
-            raise ContinuationRejected(f"continuation key rejected: {exc}") from exc
+            raise ContinuationRejected(f"continuation key failed: {exc}") from exc
         return read_list_response(payload)
 
     # -- a pass --
 
+    listed_codes: frozenset[int] | None = None  # every type is listed
+
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """IntServ has no count: ``least_sync_time`` is its completeness guarantee."""
+        return None
+
     def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
+        """One pass; a pass resumed after a crash is followed by a fresh one.
+
+        The resumed part walks on from its continuation key, so events that
+        reached the list behind that position while the process was down
+        (an offline system's upload, still above the committed horizon)
+        are only read by a pass that starts at the horizon again.
+        """
+        stored = cursor.get("pass") if cursor else None
+        resumed = stored is not None and PassState.from_json(stored).scope == self.scope()
+        last: Cursor = cursor
+        for page in self._pass(cursor, now):
+            last = page.cursor
+            yield page
+        if resumed and not last.get("pass"):
+            log.info("pass_resumed_then_fresh", source=self.config.name)
+            yield from self._pass(last, now)
+
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Read ``[since, until)`` once (``from_date``/``to_date``); resumable by key.
+
+        ``Page.cursor`` is the position in the window; the live cursor and its
+        ``least_sync_time`` are never read nor moved. A rejected key restarts
+        the window from ``since`` (bounded, like a pass).
+        """
+        scope = self.scope()
+        stored = position.get("pass") if position else None
+        current = (
+            PassState.from_json(stored)
+            if stored and PassState.from_json(stored).scope == scope
+            else PassState(from_date=since, scope=scope, to_date=until)
+        )
+        restarts = 0
+        while True:
+            try:
+                response = self._list(current)
+            except ContinuationRejected:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise
+                current = PassState(from_date=since, scope=scope, to_date=until)
+                continue
+            records, rejected = normalize_page(response.events, self.context.codes)
+            if not response.has_more:
+                yield Page(records, rejected, {"done": True})
+                return
+            if response.continuation_key == current.continuation_key:
+                raise SourceError("IntServ answered with the continuation_key it was sent")
+            current = replace(current, continuation_key=response.continuation_key)
+            yield Page(records, rejected, {"pass": current.to_json()})
+
+    def _pass(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)
         state = IntServCursor.from_json(cursor, start)
         scope = self.scope()
-        if state.current is not None and state.current.scope != scope:
-            log.warning("pass_discarded", source=self.config.name, reason="filters changed")
-            state = replace(state, current=None)
+        state, change = rescope(state, scope, start)
+        if change is not None:
+            log.warning(
+                "scope_changed",
+                source=self.config.name,
+                change=change,
+                scope=scope,
+                read_from=canonical_time(state.least_sync_time),
+            )
         if state.current is None:
             state = begin_pass(state, scope)
         restarts = 0
