@@ -38,7 +38,7 @@ import structlog
 from syncd import __version__
 from syncd.config import SourceConfig
 from syncd.db.store import SourceState, Store, WriteResult
-from syncd.errors import SourceError
+from syncd.errors import SourceError, WaitInterrupted
 from syncd.prefetch import prefetched
 from syncd.sources import source_class
 from syncd.sources.base import Page, Source, SourceContext
@@ -294,6 +294,11 @@ def _locked_pass(
         if not progress.stopped:
             store.record_success(config.name, clock())
             reconciled = _reconcile_if_due(store, config, runtime, clock, stop)
+    except WaitInterrupted:
+        # Asked to stop (shutdown, or the pass ran past max_pass_duration)
+        # during a retry wait: what was committed stays; not a failure.
+        log.info("pass_stopping", source=config.name, reason="stopped during a retry wait")
+        progress = Progress(progress.written, progress.pages, stopped=True)
     except Exception as exc:  # recorded as this source's failure, never propagated
         return _failed(store, config, clock, progress, started, exc)
     finally:

@@ -516,3 +516,25 @@ def test_a_reject_later_stored_valid_counts_once_and_masks_nothing(db: Store) ->
     report = _reconcile(store, fake, config, T0, now)
     assert report.found == 1
     assert late in stored(store)
+
+
+def test_a_pass_stopped_during_a_retry_wait_is_no_failure(db: Store) -> None:
+    import threading
+
+    from syncd.sources.http import RetryHooks
+
+    store = empty(db)
+    stop = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stop.set()  # the daemon is asked to stop while the vendor says "wait a minute"
+        return httpx.Response(429, headers={"Retry-After": "60"}, json={"error": "slow down"})
+
+    config = replace(CONFIG, max_retries=3, max_retry_wait=60)
+    with SourceRuntime.open(
+        store, config, transport=httpx.MockTransport(handler), retry_hooks=RetryHooks(stop=stop)
+    ) as rt:
+        result = run_pass(store, config, clock=lambda: T0, runtime=rt, stop=stop)
+    assert result.ok
+    state = store.load_state("hq")
+    assert (state.last_error, state.consecutive_failures, state.last_success_at) == (None, 0, None)
