@@ -40,6 +40,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -292,6 +293,7 @@ class Result:
     cpu_seconds: float
     peak_rss_mb: float
     requests: int
+    db_cpu_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -324,6 +326,51 @@ def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, float
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+class ServerCPU:
+    """CPU seconds of the PostgreSQL backends serving one database, from /proc.
+
+    Polled every 50 ms while the contender runs, keeping each backend's last
+    reading: a connection that lives shorter than that is missed, so this
+    is a slight undercount (0 where /proc is not there).
+    """
+
+    def __init__(self, database: str) -> None:
+        self.marker = f" {database} ".encode()
+        self.seen: dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values())
+
+    def _poll(self) -> None:
+        while not self.done.wait(0.05):
+            self._sample()
+        self._sample()
+
+    def _sample(self) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if self.marker not in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                    continue
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            self.seen[int(entry.name)] = (int(fields[11]) + int(fields[12])) / self.tick
+
+    def __enter__(self) -> ServerCPU:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 # The table each loader fills and its key: every event once, no more.
 TABLES = {
     ("floor", "doorflow"): ("bare", "key"),
@@ -347,33 +394,42 @@ def verify(name: str, kind: str, url: str, expected: int) -> None:
         )
 
 
-def measure(name: str, kind: str, sim: Simulator, admin_url: str, events: int) -> Result:
+def measure(
+    name: str, kind: str, sim: Simulator, admin_url: str, events: int, profile: Path | None = None
+) -> Result:
     with fresh_database(admin_url) as url, tempfile.TemporaryDirectory() as tmp:
         if name == "syncd":
             argv = syncd_argv(kind, sim.base_url, url, Path(tmp))
             env = {**os.environ, "BENCH_SECRET": sim.secret, "SYNCD_LOG_LEVEL": "warning"}
+            if profile is not None:
+                # A sampling profile of every thread of the child (py-spy's
+                # own process is the one measured then: figures are not for
+                # the table).
+                argv = ["py-spy", "record", "--rate", "200", "--format", "raw",
+                        "--output", str(profile), "--", *argv]  # fmt: skip
         else:
             argv = [sys.executable, __file__, "--_run", name, kind, sim.base_url, sim.secret, url]
             env = dict(os.environ)
         checkpoint(admin_url)
         before = sim.requests()
-        seconds, cpu, rss = run_child(argv, env)
+        with ServerCPU(make_url(url).database or "") as server:
+            seconds, cpu, rss = run_child(argv, env)
         requests = sim.requests() - before
         if name != "download":
             verify(name, kind, url, events)
-    return Result(name, events, seconds, cpu, rss, requests)
+    return Result(name, events, seconds, cpu, rss, requests, server.seconds)
 
 
 def report(kind: str, results: list[Result]) -> str:
     lines = [
         f"\ncold sync of {results[0].events:,} {kind} events into PostgreSQL, one run",
-        f"{'contender':10} {'seconds':>8} {'events/s':>9} {'cpu s':>6} {'peak RSS MB':>12} "
-        f"{'requests':>9}",
+        f"{'contender':10} {'seconds':>8} {'events/s':>9} {'cpu s':>6} {'db cpu s':>9} "
+        f"{'peak RSS MB':>12} {'requests':>9}",
     ]
     for r in results:
         lines.append(
             f"{r.name:10} {r.seconds:>8.2f} {r.rate:>9,.0f} {r.cpu_seconds:>6.1f} "
-            f"{r.peak_rss_mb:>12.0f} {r.requests:>9}"
+            f"{r.db_cpu_seconds:>9.1f} {r.peak_rss_mb:>12.0f} {r.requests:>9}"
         )
     by_name = {r.name: r for r in results}
     if "syncd" in by_name:
@@ -397,6 +453,11 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs; the table shows medians")
     parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record a py-spy profile of the syncd child here (collapsed stacks) and summarize it",
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(CONTENDERS)
@@ -405,13 +466,48 @@ def main() -> None:
     runs: list[list[Result]] = []
     with simulator(args.kind, args.events) as sim:
         for _ in range(args.repeat):
-            results = [measure(n, args.kind, sim, args.database_url, args.events) for n in names]
+            results = [
+                measure(n, args.kind, sim, args.database_url, args.events, args.profile)
+                for n in names
+            ]
             if args.repeat > 1:
                 print(report(args.kind, results), flush=True)
             runs.append(results)
     print(report(args.kind, [median(column) for column in zip(*runs, strict=True)]))
     if args.repeat > 1:
         print(f"(medians of {args.repeat} runs)")
+    if args.profile is not None:
+        print(summarize(args.profile))
+
+
+def summarize(profile: Path, top: int = 25) -> str:
+    """Share of samples in which each function is on the stack (inclusive), per thread."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        threads[frames[0]] = threads.get(frames[0], 0) + n
+        for frame in set(frames[1:]):
+            name = (
+                frame.split(" (")[0]
+                + " ("
+                + frame.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                + ")"
+            )
+            inclusive[name] = inclusive.get(name, 0) + n
+    lines = [f"\nprofile: {total} samples at 200 Hz of the syncd child (py-spy, idle excluded)"]
+    lines += [
+        f"  thread {t[:60]}: {n / total:.0%}"
+        for t, n in sorted(threads.items(), key=lambda x: -x[1])
+    ]
+    lines += [
+        f"  {n / total:6.1%}  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:top]
+    ]
+    return "\n".join(lines)
 
 
 def median(results: tuple[Result, ...]) -> Result:
@@ -423,6 +519,7 @@ def median(results: tuple[Result, ...]) -> Result:
         statistics.median(r.cpu_seconds for r in results),
         statistics.median(r.peak_rss_mb for r in results),
         int(statistics.median(r.requests for r in results)),
+        statistics.median(r.db_cpu_seconds for r in results),
     )
 
 

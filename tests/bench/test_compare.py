@@ -59,7 +59,7 @@ def test_doorflow_every_contender_loads_every_event(admin_url: str) -> None:
     output = compare(admin_url, "--events", "5000")
     assert "cold sync of 5,000 doorflow events" in output
     for name in ("download", "floor", "dlt", "syncd"):
-        seconds, _rate, _cpu, rss, requests = row(output, name)
+        seconds, _rate, _cpu, _db_cpu, rss, requests = row(output, name)
         assert float(seconds) > 0
         assert float(rss) > 0
         # 5 pages of 1000; dlt's page-number paging stops on an empty page.
