@@ -163,11 +163,62 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
                 f"{w.unchanged} unchanged, {w.rejected} rejected "
                 f"in {result.pages} pages, {result.duration_s:.1f}s"
             )
+            if result.reconciled is not None:
+                click.echo(f"  reconciled {result.reconciled.summary()}")
         else:
             failed += 1
             click.echo(f"syncd: {source.name} failed: {result.error}", err=True)
     if failed:
         raise SystemExit(1)
+
+
+def _parse_instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 instant from the command line (naive means UTC), or a clear error."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SyncdError(
+            f"{option} {value!r} is not an ISO 8601 time such as 2026-01-01 or 2026-01-01T06:00:00Z"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@cli.command()
+@click.option("--source", "name", required=True, metavar="NAME", help="The source to check.")
+@click.option("--since", metavar="ISO", help="Start of the span (default: now - reconcile_days).")
+@click.option("--until", metavar="ISO", help="End of the span (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="A machine-readable summary.")
+@pass_context
+def reconcile(ctx: Context, name: str, since: str | None, until: str | None, as_json: bool) -> None:
+    """Find and load events the vendor has that the table lacks (late uploads)."""
+    from datetime import timedelta
+
+    from syncd.db.store import Store
+    from syncd.engine import describe_error, utcnow
+    from syncd.reconcile import reconcile as run_reconcile
+
+    config = ctx.settings.source(name)
+    now = utcnow()
+    until_at = _parse_instant(until, "--until") or now
+    since_at = _parse_instant(since, "--since") or (
+        max(
+            now - timedelta(days=config.reconcile_days),
+            config.start or datetime.min.replace(tzinfo=UTC),
+        )
+    )
+    if since_at >= until_at:
+        raise SyncdError("--since must be before --until (or now)")
+    store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    try:
+        report = run_reconcile(store, config, since=since_at, until=until_at)
+    except SyncdError as exc:
+        raise SyncdError(f"reconcile of {name} failed: {describe_error(exc)}") from exc
+    if as_json:
+        click.echo(orjson.dumps(report.to_json()).decode())
+    else:
+        click.echo(report.summary())
 
 
 def _iso(value: datetime | None) -> str | None:

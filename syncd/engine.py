@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import sqlalchemy as sa
@@ -43,6 +43,9 @@ from syncd.errors import SourceError
 from syncd.prefetch import prefetched_batches
 from syncd.sources import source_class
 from syncd.sources.base import Page, Source, SourceContext
+
+if TYPE_CHECKING:
+    from syncd.reconcile import ReconcileReport
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +67,7 @@ class PassResult:
     duration_s: float = 0.0
     error: str | None = None
     kind: str = ""
+    reconciled: ReconcileReport | None = None
 
 
 def make_client(
@@ -303,6 +307,7 @@ def _locked_pass(
     state = store.load_state(config.name)
     log.info("pass_started", source=config.name, kind=config.kind, cursor=state.cursor)
     own = runtime is None
+    reconciled = None
     try:
         if runtime is None:
             runtime = SourceRuntime.open(
@@ -315,15 +320,15 @@ def _locked_pass(
             LiveCursor(store, config.name),
             clock=clock,
             stop=stop,
-            on_page=None,
         )
+        if not progress.stopped:
+            store.record_success(config.name, clock())
+            reconciled = _reconcile_if_due(store, config, runtime, clock, stop)
     except Exception as exc:  # recorded as this source's failure, never propagated
         return _failed(store, config, clock, progress, started, exc)
     finally:
         if own and runtime is not None:
             runtime.close()
-    if not progress.stopped:
-        store.record_success(config.name, clock())
     duration = time.perf_counter() - started
     total = progress.written
     log.info(
@@ -344,7 +349,23 @@ def _locked_pass(
         pages=progress.pages,
         duration_s=duration,
         kind=config.kind,
+        reconciled=reconciled,
     )
+
+
+def _reconcile_if_due(
+    store: Store,
+    config: SourceConfig,
+    runtime: SourceRuntime,
+    clock: Clock,
+    stop: threading.Event | None,
+) -> ReconcileReport | None:
+    """The scheduled reconciliation, inside the pass's lock (never during a shutdown)."""
+    if stop is not None and stop.is_set():
+        return None
+    from syncd.reconcile import reconcile_if_due
+
+    return reconcile_if_due(store, config, runtime=runtime, clock=clock)
 
 
 def describe_error(exc: BaseException) -> str:

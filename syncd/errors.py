@@ -56,7 +56,17 @@ class AuthError(SourceError):
 
 
 class RequestRejected(SourceError):
-    """The vendor rejected the request (4xx other than 401/403/429)."""
+    """The vendor rejected the request (4xx other than 401/403/429).
+
+    ``status`` and ``body`` (the parsed JSON error body, ``None`` when it was
+    not JSON) let a connector recognise a rejection it can recover from by
+    its structured content, never by parsing this exception's message.
+    """
+
+    def __init__(self, message: str, status: int | None = None, body: object = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class ContinuationRejected(RequestRejected):

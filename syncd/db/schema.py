@@ -93,6 +93,7 @@ sync_state = sa.Table(
     sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("refresh_token", sa.Text()),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("reconciled_at", UTCDateTime()),
 )
 
 rejected_events = sa.Table(

@@ -136,6 +136,7 @@ class SourceState:
     last_error_at: datetime | None = None
     consecutive_failures: int = 0
     refresh_token: str | None = None
+    reconciled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +367,30 @@ class Store:
         self._update_state(source, now, refresh_token=token)
 
     def record_success(self, source: str, now: datetime) -> None:
-        self._update_state(source, now, last_success_at=now, consecutive_failures=0)
+        """A pass finished; the first one also starts the reconciliation clock."""
+        insert = self._insert(sync_state).values(
+            source=source,
+            cursor={},
+            updated_at=now,
+            last_success_at=now,
+            consecutive_failures=0,
+            reconciled_at=now,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["source"],
+                    set_={
+                        "updated_at": now,
+                        "last_success_at": now,
+                        "consecutive_failures": 0,
+                        "reconciled_at": sa.func.coalesce(sync_state.c.reconciled_at, now),
+                    },
+                )
+            )
+
+    def record_reconciled(self, source: str, now: datetime) -> None:
+        self._update_state(source, now, reconciled_at=now)
 
     def record_failure(self, source: str, error: str, now: datetime) -> None:
         insert = self._insert(sync_state).values(
@@ -421,6 +445,32 @@ class Store:
                     query = query.where(table.c.occurred_at < until)
                 total += int(conn.execute(query).scalar_one())
         return total
+
+    def count_span(
+        self,
+        source: str,
+        since: datetime,
+        until: datetime,
+        codes: frozenset[int] | None = None,
+    ) -> int:
+        """What syncd holds of ``source`` in ``[since, until)``, counted like the vendor counts.
+
+        Stored events (only ``codes`` when given: the vendor's listing cannot
+        return others, e.g. remote-control events that came by webhook) plus
+        rejected records whose time could be read. Reconciliation compares
+        this with the vendor's count of the same span.
+        """
+        in_span = sa.and_(events.c.occurred_at >= since, events.c.occurred_at < until)
+        stored = sa.select(sa.func.count()).where(events.c.source == source, in_span)
+        if codes is not None:
+            stored = stored.where(events.c.event_code.in_(sorted(codes)))
+        rejected = sa.select(sa.func.count()).where(
+            rejected_events.c.source == source,
+            rejected_events.c.occurred_at >= since,
+            rejected_events.c.occurred_at < until,
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stored).scalar_one()) + int(conn.execute(rejected).scalar_one())
 
     def count_unplaced(self, source: str) -> int:
         """Rejected records of ``source`` that had no readable time."""
@@ -534,6 +584,7 @@ def _state(row: sa.Row[Any]) -> SourceState:
         last_error_at=row.last_error_at,
         consecutive_failures=row.consecutive_failures,
         refresh_token=row.refresh_token,
+        reconciled_at=row.reconciled_at,
     )
 
 

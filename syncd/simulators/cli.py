@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 from syncd.simulators.doorflow import DoorFlowSimulator
 from syncd.simulators.faults import Faults
 from syncd.simulators.intserv import DEFAULT_SYSTEMS, IntServSimulator
@@ -20,6 +21,7 @@ _DOORFLOW_ONLY = (
     "name_update_share",
     "name_update_delay",
     "token_expiry",
+    "unlist",
     "token",
     "webhook_url",
     "webhook_secret",
@@ -92,6 +94,12 @@ _positive = click.FloatRange(min=0.0)
     help="DoorFlow: OAuth access token lifetime, s.",
 )
 @click.option(
+    "--unlist",
+    default="",
+    metavar="CODES",
+    help="DoorFlow: comma-separated codes the list refuses (400) besides 50-63.",
+)
+@click.option(
     "--continuation-ttl",
     default=300.0,
     type=_positive,
@@ -148,6 +156,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
     comebacks: list[tuple[float, str]] = []
     sim: DoorFlowSimulator | IntServSimulator
     if vendor == "doorflow":
+        unlisted = _codes(options["unlist"])
         sim = DoorFlowSimulator(
             **common,
             doors=options["doors"] or 20,
@@ -157,6 +166,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             name_update_share=options["name_update_share"],
             name_update_delay=options["name_update_delay"],
             token_expiry=options["token_expiry"],
+            listable_codes=DOORFLOW_LISTABLE_CODES - unlisted,
             token=options["token"],
             webhook_url=options["webhook_url"],
             webhook_secret=options["webhook_secret"],
@@ -185,6 +195,15 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             offline=offline,
         )
     _run(sim, comebacks)
+
+
+def _codes(spec: str) -> frozenset[int]:
+    try:
+        return frozenset(int(part) for part in spec.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a list of integers: {spec!r}", param_hint="--unlist"
+        ) from None
 
 
 def _reject_foreign_options(ctx: click.Context, vendor: str) -> None:

@@ -107,6 +107,13 @@ DOORFLOW_LABELS: dict[int, str] = {
 DOORFLOW_CODES = tuple(sorted(DOORFLOW_LABELS))
 DOORFLOW_DEFAULT_CODES = frozenset(range(10, 30)) | frozenset(range(70, 74))
 """What ``GET /api/3/events`` returns when ``event_codes`` is omitted."""
+DOORFLOW_LISTABLE_CODES = frozenset(
+    [*range(10, 19), 70, *range(20, 30), 71, 72, 73, 1, 2, 3, 40, 41, 42, 90, 91,
+     *range(31, 38), 30, *range(100, 108), 220, 223, 224, 225]
+)  # fmt: skip
+"""What ``GET /api/3/events`` accepts in ``event_codes`` (DoorFlow's OpenAPI,
+FACTS.md): not 50-63 (remote control), which exist yet cannot be listed. The
+simulator generates no channel-status events (1-3), but they may be named."""
 
 DOORFLOW_PERSON_CODES = frozenset(
     [10, 11, 12, 14, 15, 17, 18, *range(20, 30), *range(50, 64), 70, 71, 72, 73]

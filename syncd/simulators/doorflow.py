@@ -2,6 +2,12 @@
 flavors), ``GET /api/3/events/{id}`` with webhook acknowledgement,
 ``POST /oauth/token`` with rotating refresh tokens, signed webhooks.
 
+The list names only *listable* codes (``listable_codes``, by default the
+documented set: every code but 50-63); naming any other, in ``event_codes``
+or the guide's repeated ``event_code``, is the vendor's ``400 bad_request``
+"The following event codes are not valid for this method: ...". Remote-control
+events still exist: ``GET /api/3/events/{id}`` and webhooks serve them.
+
 Times are epoch microseconds internally (milliseconds in the data). An event
 is *visible* once it has arrived (its id is assigned then, so ids follow
 arrival order); a late event arrives well after its ``created_at``.
@@ -161,7 +167,13 @@ class _Notification:
 
 
 class _BadRequest(Exception):
-    pass
+    def __init__(self, message: str, error: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+INVALID_CODES_MESSAGE = "The following event codes are not valid for this method: "
+"""DoorFlow's 400 ``error_description`` for codes the list does not accept."""
 
 
 class DoorFlowSimulator(BaseSimulator):
@@ -176,9 +188,12 @@ class DoorFlowSimulator(BaseSimulator):
     seconds after arrival (``updated_at`` moves). ``malformed_share`` of
     records are served broken, the same way every time. OAuth access tokens
     last ``token_expiry`` seconds; the static ``token`` and ``api_key`` never
-    expire. With ``webhook_url`` every new or updated event is announced; the
-    unacknowledged are re-sent on each :meth:`deliver_webhooks` call, and every
-    ``webhook_interval`` seconds by the background thread when that is set.
+    expire. ``listable_codes`` (default: the documented set, see the module
+    docstring) are the codes a list request may name; shrink it (also while
+    serving) to play a vendor that stops listing some. With ``webhook_url``
+    every new or updated event is announced; the unacknowledged are re-sent
+    on each :meth:`deliver_webhooks` call, and every ``webhook_interval``
+    seconds by the background thread when that is set.
     """
 
     vendor = "doorflow"
@@ -202,6 +217,7 @@ class DoorFlowSimulator(BaseSimulator):
         tie_size: int = 0,
         malformed_share: float = 0.0,
         token_expiry: float = 3600.0,
+        listable_codes: Iterable[int] | None = None,
         rate: float = 0.0,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
@@ -233,6 +249,9 @@ class DoorFlowSimulator(BaseSimulator):
         self.name_update_delay = name_update_delay
         self.malformed_share = malformed_share
         self.token_expiry = token_expiry
+        self.listable_codes = (
+            data.DOORFLOW_LISTABLE_CODES if listable_codes is None else listable_codes
+        )
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.webhook_interval = webhook_interval
@@ -285,6 +304,14 @@ class DoorFlowSimulator(BaseSimulator):
         self._flavor = flavor
 
     @property
+    def listable_codes(self) -> frozenset[int]:
+        return self._listable_codes
+
+    @listable_codes.setter
+    def listable_codes(self, codes: Iterable[int]) -> None:
+        self._listable_codes = frozenset(codes)
+
+    @property
     def acks(self) -> list[tuple[int, str, str | None]]:
         """Every acknowledgement received: (event id, ack_token, callback)."""
         with self._lock:
@@ -320,19 +347,30 @@ class DoorFlowSimulator(BaseSimulator):
             self._apply_due(self._now())
             return len(self._all)
 
-    def truth(self) -> dict[int, dict[str, Any]]:
-        """Every valid visible event in its current version, by id (reference fields)."""
+    def truth(self, *, listable: bool = False) -> dict[int, dict[str, Any]]:
+        """Every valid visible event in its current version, by id (reference fields).
+
+        ``listable``: only those a list naming every listable code returns
+        (what a sync can hold; remote-control events are left out).
+        """
         with self._lock:
             self._apply_due(self._now())
-            parts = [e.ref or self._render_ref(e) for e in self._all.items if not e.bad]
+            codes = self.listable_codes if listable else _ALL_CODES
+            parts = [
+                e.ref or self._render_ref(e)
+                for e in self._all.items
+                if not e.bad and e.code in codes
+            ]
         return {event["id"]: event for event in orjson.loads(b"[" + b",".join(parts) + b"]")}
 
-    def malformed(self) -> list[dict[str, Any]]:
-        """The malformed records visible so far, as served in the current flavor."""
+    def malformed(self, *, listable: bool = False) -> list[dict[str, Any]]:
+        """The malformed records visible so far, as served in the current flavor
+        (``listable``: only those of listable codes, as in :meth:`truth`)."""
         with self._lock:
             self._apply_due(self._now())
             render = self._renderer(self._flavor)
-            parts = [render(e) for e in self._all.items if e.bad]
+            codes = self.listable_codes if listable else _ALL_CODES
+            parts = [render(e) for e in self._all.items if e.bad and e.code in codes]
         result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(parts) + b"]")
         return result
 
@@ -708,7 +746,7 @@ class DoorFlowSimulator(BaseSimulator):
             return handler(request)
         except _BadRequest as exc:
             self._count("bad_requests")
-            return self._error(400, "invalid_request", str(exc))
+            return self._error(400, exc.error, str(exc))
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
@@ -737,6 +775,12 @@ class DoorFlowSimulator(BaseSimulator):
         self, request: Request, codes_from: tuple[str, ...], doors_from: tuple[str, ...]
     ) -> _Filter:
         codes = _ints(request.args(*codes_from), "event code")
+        unlisted = sorted(set(codes) - self.listable_codes)
+        if unlisted:
+            # The vendor's own answer, word for word (FACTS.md): the whole
+            # request fails, nothing is served.
+            self._count("unlistable_code_requests")
+            raise _BadRequest(INVALID_CODES_MESSAGE + ", ".join(map(str, unlisted)), "bad_request")
         doors = _ints(request.args(*doors_from), "channel id")
         persons = _ints(request.args("person_id"), "person id")
         code_set = frozenset(codes) if codes else data.DOORFLOW_DEFAULT_CODES

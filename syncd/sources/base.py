@@ -70,7 +70,17 @@ class SourceContext:
 
 
 class Source(Protocol):
-    """One configured vendor account."""
+    """One configured vendor account.
+
+    Besides the live pass (:meth:`pages`), a connector offers what history
+    loads and repairs need: reading one bounded window (:meth:`window_pages`,
+    for ``syncd backfill`` and reconciliation re-reads) and the vendor's own
+    count of a span (:meth:`vendor_count`, for reconciliation; None when the
+    vendor has none). ``listed_codes`` are the event codes its listing can
+    return (None: all), so local counts compare like with like.
+    """
+
+    listed_codes: frozenset[int] | None
 
     def __init__(
         self, config: SourceConfig, client: httpx.Client, context: SourceContext
@@ -82,4 +92,18 @@ class Source(Protocol):
         ``now`` is the pass's start time; the connector never reads the clock
         itself for cursor arithmetic. An empty ``cursor`` means a first pass.
         """
+        ...
+
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Yield the pages of ``[since, until)``; each ``Page.cursor`` is the position.
+
+        ``position`` is one a page of this window carried (resume) or empty.
+        The last page's position is ``{"done": True}``.
+        """
+        ...
+
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """The vendor's count of its listed events in ``[since, until)``, or None."""
         ...

@@ -17,8 +17,17 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
   cursor after every page, so a crash resumes at the same page; if the
   server's page size or order changes under it (a flavor switch), the pass
   restarts at offset 0 rather than risk a skip.
-- Every event code is asked for explicitly: without ``event_codes`` the API
-  returns only admits and rejects.
+- Every *listable* event code is asked for explicitly: without
+  ``event_codes`` the API returns only admits and rejects, and naming a code
+  it does not list for this method (50-63, remote control, although such
+  events exist) is a ``400 bad_request`` "The following event codes are not
+  valid for this method: ...". Should a vendor shrink its list further, the
+  codes that 400 names are dropped for the life of the connector (logged once
+  as ``event_codes_dropped``) and the request is repeated: a shrunk list must
+  not stop syncd. Any other 400 fails the pass.
+- ``category`` is the vendor's own grouping (``category()``, DESIGN.md
+  "Categories"): 13 "Admitted (Request Exit)" is an admit. The label comes
+  from the event itself, else from ``event_codes``.
 - The watermark (newest ``created_at`` committed, never past ``now``) only
   becomes the next pass's ``since`` once a pass has finished, so the order
   the server returns (``sort=ASC`` honoured or not) does not matter.
@@ -41,7 +50,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,7 +61,7 @@ import httpx
 import orjson
 import structlog
 
-from syncd.errors import ConfigError, SourceError
+from syncd.errors import ConfigError, RequestRejected, SourceError
 from syncd.records import (
     EventRecord,
     MalformedRecord,
@@ -74,14 +85,15 @@ EVENTS_PATH = "/api/3/events"
 GUIDE_MAX_PER_PAGE = 500
 DEFAULT_FIRST_PASS = timedelta(days=7)
 
-# Every code the API reference lists; asked for explicitly on every request.
-ALL_EVENT_CODES: tuple[int, ...] = (
+# The codes ``GET /api/3/events`` accepts in ``event_codes`` (DoorFlow's
+# OpenAPI, FACTS.md): every code of the reference except 50-63 (remote
+# control), which that method answers with a 400. Asked for on every request.
+LISTABLE_EVENT_CODES: tuple[int, ...] = (
     *range(1, 4),
     *range(10, 19),
     *range(20, 30),
     *range(30, 38),
     *range(40, 43),
-    *range(50, 64),
     *range(70, 74),
     90,
     91,
@@ -91,6 +103,69 @@ ALL_EVENT_CODES: tuple[int, ...] = (
     224,
     225,
 )
+
+# The contract's categories (DESIGN.md "Categories"): the vendor's own grouping
+# of its codes, never a finer guess. ``event_codes`` is seeded to agree.
+_CATEGORY_RANGES: tuple[tuple[range, str], ...] = (
+    (range(1, 4), "device_status"),
+    (range(10, 19), "access_granted"),  # 13 "Admitted (Request Exit)" is an admit
+    (range(20, 30), "access_denied"),
+    (range(30, 31), "exit_request"),  # the button was pressed, no admit recorded
+    (range(31, 38), "door_state"),
+    (range(40, 43), "door_state"),  # automatic-unlock shift
+    (range(50, 64), "remote_control"),
+    (range(70, 71), "access_granted"),  # MFA admit
+    (range(71, 74), "access_denied"),  # MFA rejects
+    (range(90, 92), "tamper"),
+    (range(100, 108), "sync"),
+    (range(220, 226), "sync"),
+)
+
+
+def category(code: int) -> str:
+    """The category of a DoorFlow ``event_code``; ``other`` for any code not listed."""
+    for codes, name in _CATEGORY_RANGES:
+        if code in codes:
+            return name
+    return "other"
+
+
+_INVALID_CODES = re.compile(
+    r"\s*The following event codes are not valid for this method:"
+    r"\s*(\d+(?:\s*,\s*\d+)*)\s*\.?\s*",
+    re.IGNORECASE,
+)
+
+
+def invalid_event_codes(status: int | None, body: object) -> frozenset[int]:
+    """The codes a 400 names as not listable; empty for any other rejection.
+
+    Only a 400 whose ``error_description`` is exactly DoorFlow's sentence
+    ("The following event codes are not valid for this method: 50, 51")
+    counts: any other 400 is a real rejection and must fail the pass.
+    """
+    if status != 400 or not isinstance(body, dict):
+        return frozenset()
+    description = body.get("error_description")
+    if not isinstance(description, str):
+        return frozenset()
+    match = _INVALID_CODES.fullmatch(description)
+    if match is None:
+        return frozenset()
+    return frozenset(int(code) for code in match.group(1).split(","))
+
+
+def without_codes(codes: tuple[int, ...], invalid: Iterable[int]) -> tuple[int, ...] | None:
+    """``codes`` less ``invalid``; ``None`` when that changes nothing or leaves nothing.
+
+    ``None`` means "do not retry": the same request would get the same 400,
+    and an empty ``event_codes`` would silently mean "admits and rejects only".
+    """
+    drop = set(invalid)
+    remaining = tuple(code for code in codes if code not in drop)
+    if len(remaining) == len(codes) or not remaining:
+        return None
+    return remaining
 
 
 # -- normalization -------------------------------------------------------------
@@ -133,7 +208,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         vendor=VENDOR,
         occurred_at=occurred_at,
         event_code=code,
-        category=info.category if info else "other",
+        category=category(code),
         label=label if label is not None else (info.label if info else None),
         payload=orjson.dumps(raw),
         door_id=optional_text(_first(raw, "door_controller_id", "channel_id"), "channel_id"),
@@ -155,34 +230,48 @@ def normalize_page(
 
 # -- the cursor and paging arithmetic (pure) -----------------------------------
 
+MAX_RESTARTS = 3  # listing changes tolerated in one run before the pass fails
+
 
 @dataclass(frozen=True, slots=True)
 class PassState:
-    """Where a pass in progress stands: its fixed ``since`` and positions consumed."""
+    """Where one listing in progress stands: its fixed bounds and positions consumed.
+
+    ``until`` bounds a window read (backfill, reconciliation); a live pass has
+    none. ``per_page`` is the server's page size as last seen, ``stated`` whether
+    the server said so (header or ``pagination``) or it was inferred from the
+    rows served.
+    """
 
     since: datetime
     offset: int = 0
-    per_page: int | None = None  # the server's page size, once seen
-    order: str | None = None  # "asc" / "desc", once seen
+    per_page: int | None = None
+    stated: bool = False
     shape: str | None = None  # "array" / "object", once seen
+    until: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "since": self.since.isoformat(),
             "offset": self.offset,
             "per_page": self.per_page,
-            "order": self.order,
+            "stated": self.stated,
             "shape": self.shape,
         }
+        if self.until is not None:
+            data["until"] = self.until.isoformat()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassState:
+        until = data.get("until")
         return cls(
             since=datetime.fromisoformat(data["since"]),
             offset=int(data.get("offset", 0)),
             per_page=data.get("per_page"),
-            order=data.get("order"),
+            stated=bool(data.get("stated", data.get("per_page") is not None)),
             shape=data.get("shape"),
+            until=datetime.fromisoformat(until) if until else None,
         )
 
 
@@ -190,7 +279,7 @@ class PassState:
 class DoorFlowCursor:
     origin: datetime  # where the first pass began; nothing before it is wanted
     watermark: datetime | None = None  # newest created_at committed (never past a pass's now)
-    current: PassState | None = None  # a pass in progress
+    current: PassState | None = None  # a listing in progress
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -215,31 +304,34 @@ class DoorFlowCursor:
 
 
 def regular_since(cursor: DoorFlowCursor, lookback: timedelta) -> datetime:
-    """``since`` for a fresh pass: behind the watermark by the lookback, never before origin."""
+    """``since`` for a fresh listing: behind the watermark by the lookback, never before origin."""
     if cursor.watermark is None:
         return cursor.origin
     return max(cursor.origin, cursor.watermark - lookback)
 
 
-def reconcile_horizon(cursor: DoorFlowCursor, now: datetime, window: timedelta) -> datetime:
-    return max(cursor.origin, now - window)
+def listings_for_pass(cursor: DoorFlowCursor, lookback: timedelta) -> list[PassState]:
+    """The listings one pass reads, in order.
+
+    A fresh pass reads one listing from :func:`regular_since`. A pass that
+    resumes an interrupted listing finishes it first (its rows below the
+    watermark were never read: a newest-first listing commits its newest
+    page first) and then reads a fresh listing from the ``since`` the
+    watermark gives *now*, because rows that reached the list while the
+    process was down sit at positions the interrupted listing had already
+    consumed (the head of a newest-first list, or behind the read position
+    of an oldest-first one) and it would never see them.
+    """
+    fresh = PassState(regular_since(cursor, lookback))
+    if cursor.current is None:
+        return [fresh]
+    return [cursor.current, fresh]
 
 
 def page_number(state: PassState, requested: int) -> int:
     """The 1-based page holding position ``offset`` (rounding down: re-read, never skip)."""
     size = state.per_page or requested
     return state.offset // size + 1
-
-
-def detect_order(records: list[EventRecord]) -> str | None:
-    if len(records) < 2:
-        return None
-    first, last = records[0].occurred_at, records[-1].occurred_at
-    if first < last:
-        return "asc"
-    if first > last:
-        return "desc"
-    return None
 
 
 def advance_watermark(
@@ -265,7 +357,10 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
     """Both documented shapes: bare array + headers, or ``{events, pagination}``."""
     if isinstance(body, list):
         return ListResponse(
-            body, "array", _int_or_none(headers.get("Total")), _int_or_none(headers.get("Per-Page"))
+            body,
+            "array",
+            _int_or_none(headers.get("Total")),
+            _positive(_int_or_none(headers.get("Per-Page"))),
         )
     if isinstance(body, dict) and isinstance(body.get("events"), list):
         pagination = body.get("pagination")
@@ -274,7 +369,7 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
             body["events"],
             "object",
             _int_or_none(pagination.get("total_count")),
-            _int_or_none(pagination.get("per_page")),
+            _positive(_int_or_none(pagination.get("per_page"))),
         )
     raise SourceError("DoorFlow answered the events list with an unexpected JSON shape")
 
@@ -283,15 +378,19 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 
 
+def _positive(value: int | None) -> int | None:
+    return value if value else None
+
+
 @dataclass(frozen=True, slots=True)
 class PageStep:
-    """What to do after a page: the new pass state and whether the pass is done."""
+    """What to do after a page: the new listing state and whether it is done."""
 
     state: PassState
     done: bool
@@ -299,36 +398,73 @@ class PageStep:
     refetch: bool = False
 
 
-def step(
-    state: PassState,
-    page_no: int,
-    requested: int,
-    response: ListResponse,
-    records: list[EventRecord],
-) -> PageStep:
-    """Advance a pass over one fetched page (pure: the paging rules in one place)."""
-    per_page = response.per_page or requested
-    order = detect_order(records) or state.order
-    changed_shape = state.shape is not None and response.shape != state.shape
-    changed_order = state.order is not None and order != state.order
-    if changed_shape or changed_order:
-        # The server changed under the pass (page size or order): positions
-        # consumed so far mean nothing in the new listing. Start over.
-        fresh = PassState(state.since, 0, per_page, None, response.shape)
-        return PageStep(fresh, done=False, restarted=True)
-    start = (page_no - 1) * per_page
-    if start > state.offset:
-        # The server's pages are larger than assumed: this page starts past
-        # what was consumed. Fetch the page that holds the offset instead.
-        return PageStep(
-            replace(state, per_page=per_page, shape=response.shape), False, refetch=True
-        )
+def served_page_size(state: PassState, requested: int, response: ListResponse) -> tuple[int, bool]:
+    """The page size the server used for this response, and whether it said so.
+
+    A stated size smaller than the rows actually served is a lie: the rows
+    win. Without a statement, the rows served are the best evidence: more
+    than requested means the server pages bigger; fewer may be the end of
+    the list or a silent cap, which only an empty page can tell apart.
+    """
     count = len(response.items)
+    if response.per_page is not None and response.per_page >= count:
+        return response.per_page, True
+    assumed = state.per_page or requested
+    if count == 0:
+        return assumed, False
+    return count, False
+
+
+def step(state: PassState, page_no: int, requested: int, response: ListResponse) -> PageStep:
+    """Advance a listing over one fetched page (pure: the paging rules in one place).
+
+    - Positions are list offsets, computed from what the server served, never
+      from what was asked for.
+    - The listing ends on an empty page, or on a short one when the server
+      stated its page size. ``Total`` is a hint for progress, never a reason
+      to stop: a server whose total runs low would otherwise end the pass early.
+    - A response of another shape is another listing (a flavor switch: another
+      order, another page size); positions consumed mean nothing there, so the
+      listing starts over. The caller bounds how often. The order of one
+      flavor is taken to be fixed (the guide's list is newest first whatever
+      is asked; the reference honours ``sort`` or not): guessing an order
+      change from the times served misfires on a list ordered by id, where a
+      late upload at a page edge looks like one, and restarted such a pass
+      forever.
+    """
+    if state.shape is not None and response.shape != state.shape:
+        return PageStep(PassState(state.since, until=state.until), done=False, restarted=True)
+    count = len(response.items)
+    size, stated = served_page_size(state, requested, response)
+    assumed = state.per_page or requested
+    start = (page_no - 1) * (size if stated else assumed)
+    if start > state.offset:
+        # The server's pages are larger than the page number assumed: this
+        # page starts past what was consumed. Fetch the page holding the offset.
+        return PageStep(
+            replace(state, per_page=size, stated=stated, shape=response.shape), False, refetch=True
+        )
     offset = max(state.offset, start + count)
-    new = PassState(state.since, offset, per_page, order, response.shape)
-    short = count < per_page
-    reached_total = response.total is not None and start + count >= response.total
-    return PageStep(new, done=count == 0 or short or reached_total)
+    new = replace(state, offset=offset, per_page=size, stated=stated, shape=response.shape)
+    done = count == 0 or (stated and count < size)
+    return PageStep(new, done=done)
+
+
+def past_window(records: list[EventRecord], until: datetime | None, count: int) -> bool:
+    """A window read may stop once a whole ascending page lies at or past ``until``.
+
+    Read oldest first, everything after such a page is later still. The page
+    must itself show the ascending order (its times rise from first to last):
+    a server that ignores ``sort=ASC`` serves the newest rows first, and those
+    lie past the window too. One page of evidence, rather than one row, keeps
+    a slightly disordered listing (a late upload at a page edge) from ending
+    the window early.
+    """
+    if until is None or count < 2 or len(records) < count:
+        return False
+    times = [r.occurred_at for r in records]
+    ascending = times[0] < times[-1] and all(a <= b for a, b in itertools.pairwise(times))
+    return ascending and times[0] >= until
 
 
 # -- the connector ---------------------------------------------------------------
@@ -343,6 +479,9 @@ class DoorFlowSource:
         self.context = context
         self.policy = RetryPolicy.for_source(config)
         self.client.auth = self._auth()
+        # What this connector asks for; shrinks when the vendor names codes
+        # it no longer lists (see ``_list``), for the life of the object.
+        self.event_codes: tuple[int, ...] = LISTABLE_EVENT_CODES
 
     def _auth(self) -> httpx.Auth:
         config = self.config
@@ -363,8 +502,10 @@ class DoorFlowSource:
 
     # -- requests --
 
-    def _params(self, since: datetime, page: int, size: int, sort: str) -> list[tuple[str, Any]]:
-        stamp = since.isoformat().replace("+00:00", "Z")
+    def _params(
+        self, since: datetime, page: int, size: int, sort: str, until: datetime | None = None
+    ) -> list[tuple[str, Any]]:
+        stamp = _stamp(since)
         params: list[tuple[str, Any]] = [
             ("since", stamp),
             ("since_utc", stamp),
@@ -372,13 +513,35 @@ class DoorFlowSource:
             ("n", size),
             ("per_page", min(size, GUIDE_MAX_PER_PAGE)),
             ("page", page),
-            ("event_codes", ",".join(map(str, ALL_EVENT_CODES))),
+            ("event_codes", ",".join(map(str, self.event_codes))),
         ]
-        params.extend(("event_code", code) for code in ALL_EVENT_CODES)
+        if until is not None:
+            params.append(("until_utc", _stamp(until)))
+        params.extend(("event_code", code) for code in self.event_codes)
         return params
 
-    def _list(self, since: datetime, page: int, size: int, sort: str = "ASC") -> ListResponse:
-        params = self._params(since, page, size, sort)
+    @property
+    def listed_codes(self) -> frozenset[int]:
+        """The codes the listing can return: what is asked for."""
+        return frozenset(self.event_codes)
+
+    def _list(
+        self,
+        since: datetime,
+        page: int,
+        size: int,
+        sort: str = "ASC",
+        until: datetime | None = None,
+    ) -> ListResponse:
+        while True:
+            try:
+                return self._fetch(self._params(since, page, size, sort, until))
+            except RequestRejected as exc:
+                if not self._drop_unlistable(exc):
+                    raise
+                # and again, without the codes the vendor refused
+
+    def _fetch(self, params: list[tuple[str, Any]]) -> ListResponse:
         response, body = send(
             self.client,
             lambda c: c.get(EVENTS_PATH, params=params),
@@ -387,72 +550,112 @@ class DoorFlowSource:
         )
         return read_list_response(body, response.headers)
 
-    def vendor_count(self, since: datetime) -> int | None:
-        """The vendor's count of events since ``since`` (one tiny request)."""
+    def _drop_unlistable(self, rejection: RequestRejected) -> bool:
+        """Stop asking for the codes a 400 names as not listable; False: not that 400."""
+        invalid = invalid_event_codes(rejection.status, rejection.body)
+        remaining = without_codes(self.event_codes, invalid)
+        if remaining is None:
+            return False
+        dropped = sorted(set(self.event_codes) - set(remaining))
+        self.event_codes = remaining
+        log.warning(
+            "event_codes_dropped",
+            source=self.config.name,
+            codes=dropped,
+            reason="the vendor does not list them for GET /api/3/events",
+        )
+        return True
+
+    def count_since(self, since: datetime) -> int | None:
+        """The vendor's count of events created at or after ``since`` (one tiny request)."""
         return self._list(since, page=1, size=1, sort="DESC").total
 
-    def deficit(self, since: datetime, until: datetime) -> int | None:
-        """Vendor count minus local count of events with ``since <= created_at < until``.
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """The vendor's count of events with ``since <= created_at < until``.
 
         The reference API has no ``until``, so this is the difference of two
         counts. The upper bound is asked first: an event arriving between the
-        two requests can then only make the deficit look larger (an extra
-        re-read), never hide one.
+        two requests can then only make the count look larger (an extra
+        re-read), never hide a missing event.
         """
-        if self.context.count_local is None or until <= since:
-            return None
-        above_until = self.vendor_count(until)
-        above_since = self.vendor_count(since)
+        if until <= since:
+            return 0
+        above_until = self.count_since(until)
+        above_since = self.count_since(since)
         if above_until is None or above_since is None:
             return None
-        return (above_since - above_until) - int(self.context.count_local(since, until))
+        return max(0, above_since - above_until)
 
     # -- a pass --
 
     def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)
         state = DoorFlowCursor.from_json(cursor, start)
-        if state.current is None:
-            state = self._plan(state, now)
-        yield from self._read(state, now)
+        listings = listings_for_pass(state, timedelta(seconds=self.config.lookback))
+        if len(listings) > 1:
+            log.info(
+                "pass_resumed",
+                source=self.config.name,
+                since=listings[0].since.isoformat(),
+                offset=listings[0].offset,
+            )
+        for index, listing in enumerate(listings):
+            then = listings[index + 1] if index + 1 < len(listings) else None
+            state = replace(state, current=listing)
+            for records, rejected, current, done in self._read(listing, now):
+                watermark = advance_watermark(state.watermark, records, now)
+                state = replace(state, watermark=watermark, current=then if done else current)
+                yield Page(records, rejected, state.to_json())
 
-    def _plan(self, cursor: DoorFlowCursor, now: datetime) -> DoorFlowCursor:
-        """Choose a fresh pass's ``since``: behind the watermark, or the horizon."""
-        since = regular_since(cursor, timedelta(seconds=self.config.lookback))
-        horizon = reconcile_horizon(cursor, now, timedelta(days=self.config.reconcile_days))
-        if cursor.watermark is not None and horizon < since:
-            deficit = self.deficit(horizon, since)
-            unplaced = self.context.count_unplaced() if self.context.count_unplaced else 0
-            if deficit is not None and deficit > unplaced:
-                log.info(
-                    "reconcile_needed",
-                    source=self.config.name,
-                    vendor_minus_local=deficit,
-                    unplaced_rejects=unplaced,
-                    since=horizon.isoformat(),
-                )
-                since = horizon
-        return replace(cursor, current=PassState(since))
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Read ``[since, until)`` once, oldest first; ``Page.cursor`` is the position in it.
 
-    def _read(self, cursor: DoorFlowCursor, now: datetime) -> Iterator[Page]:
+        ``position`` is a cursor this method yielded earlier (resume), or empty.
+        The live cursor is never read nor moved. Rows outside the window that
+        the server serves anyway are real events and are stored too.
+        """
+        listing = (
+            PassState.from_json(position["pass"])
+            if position.get("pass")
+            else PassState(since, until=until)
+        )
+        for records, rejected, current, done in self._read(listing, now):
+            yield Page(records, rejected, {"done": True} if done else {"pass": current.to_json()})
+
+    def _read(
+        self, listing: PassState, now: datetime
+    ) -> Iterator[tuple[list[EventRecord], list[RejectedRecord], PassState, bool]]:
+        """One listing page by page: (records, rejected, state after the page, done)."""
         size = self.config.page_size
-        current = cursor.current
-        assert current is not None
+        current = listing
+        restarts = 0
         while True:
             page_no = page_number(current, size)
-            response = self._list(current.since, page_no, size)
-            records, rejected = normalize_page(response.items, self.context.codes)
-            move = step(current, page_no, size, response, records)
+            response = self._list(current.since, page_no, size, until=current.until)
+            move = step(current, page_no, size, response)
             if move.restarted:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise SourceError(
+                        f"DoorFlow's listing changed shape {restarts} times in one pass "
+                        "(array vs {events, pagination}); positions in it cannot be trusted, "
+                        "so the pass stops here and starts the listing again next time"
+                    )
                 log.warning("pass_restarted", source=self.config.name, reason="listing changed")
             current = move.state
             if move.refetch or move.restarted:
                 continue
-            watermark = advance_watermark(cursor.watermark, records, now)
-            cursor = replace(cursor, watermark=watermark, current=None if move.done else current)
-            yield Page(records, rejected, cursor.to_json())
-            if move.done:
+            records, rejected = normalize_page(response.items, self.context.codes)
+            done = move.done or past_window(records, current.until, len(response.items))
+            yield records, rejected, current, done
+            if done:
                 return
+
+
+def _stamp(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 SOURCE = DoorFlowSource

@@ -81,13 +81,18 @@ def _http_date(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def error_body(response: httpx.Response) -> Any:
+    """The error response's JSON body, or ``None`` when it is not JSON."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def error_detail(response: httpx.Response) -> str:
     """A short, secret-free description of an error response."""
     detail = ""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
+    body = error_body(response)
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "error_description", "message") if body.get(k)]
         detail = ": " + " - ".join(parts) if parts else ""
@@ -107,7 +112,7 @@ def raise_for_status(response: httpx.Response) -> None:
         raise TransientError(detail)
     if status in (401, 403):
         raise AuthError(detail)
-    raise RequestRejected(detail)
+    raise RequestRejected(detail, status, error_body(response))
 
 
 def parse_json(response: httpx.Response) -> Any:
@@ -189,6 +194,7 @@ def _attempt(
 
 __all__ = [
     "RetryPolicy",
+    "error_body",
     "parse_json",
     "raise_for_status",
     "retry_after_seconds",

@@ -54,6 +54,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   changing bodies are unknown). Without it, the list simply grows at its tail
   while it is read, which forward paging handles; the pass still ends,
   because a page holds up to 1000 events and arrivals do not keep pace.
+- **Categories** (DESIGN.md "Categories"): the event's own ``category``
+  field decides (``accessgranted`` / ``accessdenied``); the code table gives
+  the label only, and the category when the record has no usable field.
 - Retries, 429 waits, 5xx/timeouts/dropped connections and non-JSON bodies
   are all :func:`syncd.sources.http.send`'s business. A JSON body without an
   ``events`` list or a boolean ``has_more``, ``has_more`` without a key, or
@@ -97,7 +100,8 @@ DEFAULT_FIRST_PASS = timedelta(days=7)
 MAX_RESTARTS = 3
 """Rejected continuation keys tolerated in one run of a pass before it fails."""
 
-_CATEGORY_FALLBACK = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+_VENDOR_CATEGORIES = {"accessgranted": "access_granted", "accessdenied": "access_denied"}
+"""IntServ's own ``category`` values (compared without case, spaces, ``_`` or ``-``)."""
 
 
 # -- normalization -------------------------------------------------------------
@@ -146,11 +150,31 @@ def _person_name(person: Mapping[str, Any] | None, subject: Mapping[str, Any] | 
     return None
 
 
-def _category(code: int, info: CodeInfo | None, raw: Mapping[str, Any]) -> str:
-    if info is not None:
-        return info.category
-    vendor_category = optional_text(raw.get("category"), "category")
-    return _CATEGORY_FALLBACK.get((vendor_category or "").strip().lower(), "other")
+def vendor_category(raw_category: object) -> str | None:
+    """The contract category an IntServ ``category`` field names; ``None`` if unusable.
+
+    ``accessgranted`` / ``accessdenied``, ignoring case, spaces, ``_`` and
+    ``-`` (migration 0002 applies the same rule in SQL to stored rows). Any
+    other value, or a value that is not text, names no category.
+    """
+    if not isinstance(raw_category, str):
+        return None
+    folded = raw_category.replace(" ", "").replace("_", "").replace("-", "").lower()
+    return _VENDOR_CATEGORIES.get(folded)
+
+
+def category(raw_category: object, code: int, codes: Mapping[int, CodeInfo]) -> str:
+    """The event's category (DESIGN.md "Categories"): its own field decides.
+
+    IntServ serves every event with its ``category`` (104, the exit button,
+    comes as ``accessgranted``): that field wins over any guess from ``type``.
+    A record without a usable one falls back to the code table, then ``other``.
+    """
+    named = vendor_category(raw_category)
+    if named is not None:
+        return named
+    info = codes.get(code)
+    return info.category if info is not None else "other"
 
 
 def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
@@ -170,7 +194,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         vendor=VENDOR,
         occurred_at=occurred_at,
         event_code=code,
-        category=_category(code, info, raw),
+        category=category(raw.get("category"), code, codes),
         label=info.label if info else None,
         payload=orjson.dumps(raw),
         door_name=optional_text(raw.get("door_name"), "door_name"),
@@ -204,24 +228,30 @@ class PassState:
     continuation_key: str | None = None
     horizon: datetime | None = None  # min least_sync_time reported in this pass
     scope: str = ""
+    to_date: datetime | None = None  # a window read's end (backfill); live passes send none
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "from_date": canonical_time(self.from_date),
             "continuation_key": self.continuation_key,
             "horizon": canonical_time(self.horizon) if self.horizon else None,
             "scope": self.scope,
         }
+        if self.to_date is not None:
+            data["to_date"] = canonical_time(self.to_date)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassState:
         horizon = data.get("horizon")
         key = data.get("continuation_key")
+        to_date = data.get("to_date")
         return cls(
             from_date=_parse_stored(data["from_date"]),
             continuation_key=str(key) if key else None,
             horizon=_parse_stored(horizon) if horizon else None,
             scope=str(data.get("scope", "")),
+            to_date=_parse_stored(to_date) if to_date else None,
         )
 
 
@@ -359,6 +389,8 @@ class IntServSource:
             "limit": min(self.config.page_size, MAX_LIMIT),
             **self._filters(),
         }
+        if current.to_date is not None:
+            body["to_date"] = canonical_time(current.to_date)
         if current.continuation_key is not None:
             body["continuation_key"] = current.continuation_key
         return body
@@ -382,7 +414,66 @@ class IntServSource:
 
     # -- a pass --
 
+    listed_codes: frozenset[int] | None = None  # every type is listed
+
+    def vendor_count(self, since: datetime, until: datetime) -> int | None:
+        """IntServ has no count: ``least_sync_time`` is its completeness guarantee."""
+        return None
+
     def pages(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
+        """One pass; a pass resumed after a crash is followed by a fresh one.
+
+        The resumed part walks on from its continuation key, so events that
+        reached the list behind that position while the process was down
+        (an offline system's upload, still above the committed horizon)
+        are only read by a pass that starts at the horizon again.
+        """
+        stored = cursor.get("pass") if cursor else None
+        resumed = stored is not None and PassState.from_json(stored).scope == self.scope()
+        last: Cursor = cursor
+        for page in self._pass(cursor, now):
+            last = page.cursor
+            yield page
+        if resumed and not last.get("pass"):
+            log.info("pass_resumed_then_fresh", source=self.config.name)
+            yield from self._pass(last, now)
+
+    def window_pages(
+        self, since: datetime, until: datetime, position: Cursor, now: datetime
+    ) -> Iterator[Page]:
+        """Read ``[since, until)`` once (``from_date``/``to_date``); resumable by key.
+
+        ``Page.cursor`` is the position in the window; the live cursor and its
+        ``least_sync_time`` are never read nor moved. A rejected key restarts
+        the window from ``since`` (bounded, like a pass).
+        """
+        scope = self.scope()
+        stored = position.get("pass") if position else None
+        current = (
+            PassState.from_json(stored)
+            if stored and PassState.from_json(stored).scope == scope
+            else PassState(from_date=since, scope=scope, to_date=until)
+        )
+        restarts = 0
+        while True:
+            try:
+                response = self._list(current)
+            except ContinuationRejected:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise
+                current = PassState(from_date=since, scope=scope, to_date=until)
+                continue
+            records, rejected = normalize_page(response.events, self.context.codes)
+            if not response.has_more:
+                yield Page(records, rejected, {"done": True})
+                return
+            if response.continuation_key == current.continuation_key:
+                raise SourceError("IntServ answered with the continuation_key it was sent")
+            current = replace(current, continuation_key=response.continuation_key)
+            yield Page(records, rejected, {"pass": current.to_json()})
+
+    def _pass(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)
         state = IntServCursor.from_json(cursor, start)
         scope = self.scope()

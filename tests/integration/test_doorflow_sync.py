@@ -27,8 +27,9 @@ from structlog.testing import capture_logs
 from syncd.config import OAuthCredentials, Secret, SourceConfig
 from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
-from syncd.engine import run_pass
+from syncd.engine import SourceRuntime, run_pass
 from syncd.simulators import DoorFlowSimulator, Faults, SimClock
+from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 LOOKBACK = 900.0
@@ -53,8 +54,12 @@ def parse(value: str) -> datetime:
 
 
 def assert_matches_truth(store: Store, source: str, sim: DoorFlowSimulator) -> None:
-    """Nothing missing, nothing duplicated, nothing stale; every malformed record kept."""
-    truth = sim.truth()
+    """Nothing missing, nothing duplicated, nothing stale; every malformed record kept.
+
+    "Every" is what the list can serve: remote-control events (50-63) are not
+    listable, so a sync cannot hold them (FACTS.md).
+    """
+    truth = sim.truth(listable=True)
     table = stored(store, source)
     missing = sorted(set(truth) - set(table))
     extra = sorted(set(table) - set(truth))
@@ -74,7 +79,7 @@ def assert_matches_truth(store: Store, source: str, sim: DoorFlowSimulator) -> N
     served = []
     for each in ("reference", "guide"):
         sim.flavor = each
-        served.append(sim.malformed())
+        served.append(sim.malformed(listable=True))
     sim.flavor = flavor
     for as_reference, as_guide in zip(*served, strict=True):
         assert as_reference in kept or as_guide in kept, f"malformed record lost: {as_reference}"
@@ -183,15 +188,63 @@ def test_late_events_older_than_the_lookback_are_found_by_reconciliation(
         malformed_share=0.02,
     )
     with sim, capture_logs() as logs:
-        config = doorflow_config(sim)
+        config = doorflow_config(sim, reconcile_every=600)
         assert run_pass(pg_store, config, clock=clock.now).ok
         for _ in range(8):
             clock.advance(120)
             sim.generate(60)
             assert run_pass(pg_store, config, clock=clock.now).ok
+        # Late uploads keep coming: the reconciliation due after the last of
+        # them finds what the lookback could not.
+        clock.advance(600)
+        result = run_pass(pg_store, config, clock=clock.now)
+        assert result.ok
+        assert result.reconciled is not None
         assert_matches_truth(pg_store, "hq", sim)
-    # The lookback alone could not have found them.
-    assert any(entry["event"] == "reconcile_needed" for entry in logs)
+    found = [e["found"] for e in logs if e["event"] == "reconcile_finished"]
+    assert len(found) >= 2  # every 10 minutes of the 26 simulated
+    assert sum(found) > 0  # the lookback alone could not have found them
+
+
+def test_a_vendor_that_lists_fewer_codes_is_followed_and_logged_once(pg_store: Store) -> None:
+    clock = SimClock(start=START)
+    sim = DoorFlowSimulator(
+        seed=13, history=1200, history_days=1, clock=clock, name_update_share=0.0
+    )
+    with sim:
+        config = doorflow_config(sim)
+        with capture_logs() as logs:
+            assert run_pass(pg_store, config, clock=clock.now).ok
+        # The documented list is exactly what the simulator accepts: no 400 at all.
+        assert sim.stats.get("bad_requests", 0) == 0
+        assert not [e for e in logs if e["event"] == "event_codes_dropped"]
+        assert_matches_truth(pg_store, "hq", sim)
+
+        sim.listable_codes = DOORFLOW_LISTABLE_CODES - {90, 91}
+        clock.advance(60)
+        sim.generate(400)
+        pages_before = sim.stats["pages"]
+        # The daemon's way: one runtime (one connector) across passes.
+        with capture_logs() as logs, SourceRuntime.open(pg_store, config, clock=clock.now) as rt:
+            result = run_pass(pg_store, config, clock=clock.now, runtime=rt)
+            assert result.ok, result.error
+            assert result.pages >= 2, "several requests after the drop"
+            clock.advance(60)
+            sim.generate(50)
+            assert run_pass(pg_store, config, clock=clock.now, runtime=rt).ok
+        assert sim.stats["pages"] - pages_before >= 3
+        assert sim.stats["unlistable_code_requests"] == 1  # one 400, then never again
+        dropped = [e for e in logs if e["event"] == "event_codes_dropped"]
+        assert len(dropped) == 1
+        assert dropped[0]["codes"] == [90, 91]
+        # A one-shot pass builds its own connector: it meets the 400 once more.
+        assert run_pass(pg_store, config, clock=clock.now).ok
+        assert sim.stats["unlistable_code_requests"] == 2
+        # Everything still listable is stored; tamper rows from before stay.
+        truth = sim.truth(listable=True)
+        table = stored(pg_store, "hq")
+        assert not set(truth) - set(table)
+        assert {table[k].event_code for k in set(table) - set(truth)} <= {90, 91}
 
 
 def _write_config(tmp_path: Path, sim: DoorFlowSimulator, **extra: str) -> Path:
@@ -234,8 +287,15 @@ def test_sigkill_mid_pass_loses_and_duplicates_nothing(
         rng = random.Random(2)
         killed = 0
         for _ in range(4):
+            before = len(stored(pg_store, "hq"))
             process = _syncd(config, pg_url, sim.token)
-            time.sleep(rng.uniform(0.6, 1.6))
+            # Kill it once it has committed something (however slow the
+            # machine is to start it), at a random point after that.
+            deadline = time.monotonic() + 60
+            while len(stored(pg_store, "hq")) == before and process.poll() is None:
+                assert time.monotonic() < deadline, "syncd committed nothing in 60 s"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.4))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 killed += 1

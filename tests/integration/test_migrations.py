@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from syncd.db import migrate
-from syncd.db.schema import metadata
+from syncd.db.schema import events, metadata
+from syncd.sources import doorflow, intserv
+from syncd.sources.base import CodeInfo
 
 TABLES = {"events", "sync_state", "rejected_events", "event_codes", "alembic_version"}
 
@@ -83,10 +88,149 @@ def test_event_codes_are_filled_and_conflicts_noted(engine: sa.Engine) -> None:
     assert rows[("doorflow", 40)] == ("door_state", "guide: Channel Online")
     assert rows[("doorflow", 90)][0] == "tamper"
     assert rows[("doorflow", 105)][0] == "sync"
-    assert rows[("intserv", 104)][0] == "exit_request"
+    assert rows[("doorflow", 13)] == ("access_granted", "guide: Access Granted (Reservation)")
+    assert rows[("doorflow", 30)][0] == "exit_request"
+    assert rows[("intserv", 104)][0] == "access_granted"
     assert rows[("intserv", 207)][0] == "access_denied"
     categories = {category for category, _ in rows.values()}
     assert categories <= {
         "access_granted", "access_denied", "exit_request", "door_state", "tamper",
         "remote_control", "device_status", "sync", "other",
     }  # fmt: skip
+
+
+def test_event_codes_agree_with_the_connectors_category_rules(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT vendor, code, category FROM event_codes")).all()
+    doorflow_rows = [(code, category) for vendor, code, category in rows if vendor == "doorflow"]
+    intserv_rows = [(code, category) for vendor, code, category in rows if vendor == "intserv"]
+    assert doorflow_rows
+    assert intserv_rows
+    assert [(code, doorflow.category(code)) for code, _ in doorflow_rows] == doorflow_rows
+    assert all(
+        category == ("access_granted" if code < 200 else "access_denied")
+        for code, category in intserv_rows
+    )
+
+
+# -- 0002: categories of rows already stored -------------------------------------
+
+# IntServ rows as 0001 stored them: (type, the payload's category field or MISSING).
+MISSING = object()
+INTSERV_CASES: list[tuple[int, Any]] = [
+    (104, "accessgranted"),  # the exit button, served as a grant: 0001 said exit_request
+    (104, MISSING),  # no field: the code table (now access_granted too)
+    (104, None),
+    (203, "accessgranted"),  # the event's own field wins over the code table
+    (101, "accessdenied"),
+    (150, "AccessDenied"),  # not in the code table
+    (999, "Access Granted"),  # case and spaces do not matter
+    (998, "access_granted"),
+    (997, " access-denied "),
+    (101, "somethingelse"),  # not a usable category: the code table
+    (996, "somethingelse"),  # ... and then other
+    (100, 5),  # not text
+    (995, ["accessgranted"]),
+    (994, True),
+]
+
+
+def _codes(conn: sa.Connection, vendor: str) -> dict[int, CodeInfo]:
+    query = sa.text("SELECT code, label, category FROM event_codes WHERE vendor = :vendor")
+    return {
+        code: CodeInfo(label, category)
+        for code, label, category in conn.execute(query, {"vendor": vendor})
+    }
+
+
+def _category_0001(raw: Any, code: int, codes: dict[int, CodeInfo]) -> str:
+    """What syncd before 0002 stored: the code table wins, then the field, then other."""
+    if code in codes:
+        return codes[code].category
+    folded = raw.strip().lower() if isinstance(raw, str) else ""
+    return {"accessgranted": "access_granted", "accessdenied": "access_denied"}.get(folded, "other")
+
+
+def _categories(conn: sa.Connection) -> dict[str, str]:
+    query = sa.select(events.c.event_key, events.c.category).where(events.c.source == "m")
+    return dict(conn.execute(query).all())
+
+
+def test_0002_recategorizes_stored_rows_and_its_downgrade_restores_them(
+    engine: sa.Engine,
+) -> None:
+    migrate.downgrade(engine, "0001")
+    try:
+        with engine.begin() as conn:
+            old_doorflow = _codes(conn, "doorflow")
+            old_intserv = _codes(conn, "intserv")
+            rows: list[dict[str, Any]] = []
+            before: dict[str, str] = {}
+            for code in range(301):
+                key = f"df-{code}"
+                info = old_doorflow.get(code)
+                before[key] = info.category if info else "other"
+                payload = {"id": code, "event_code": code, "category": "accessgranted"}
+                rows.append(_row(key, "doorflow", code, before[key], payload))
+            for i, (code, raw) in enumerate(INTSERV_CASES):
+                key = f"is-{i}"
+                before[key] = _category_0001(raw, code, old_intserv)
+                payload = {"type": code} if raw is MISSING else {"type": code, "category": raw}
+                rows.append(_row(key, "intserv", code, before[key], payload))
+            conn.execute(sa.insert(events), rows)
+        assert before["df-13"] == "exit_request"
+        assert before["is-0"] == "exit_request"
+
+        migrate.upgrade(engine, "0002")
+        with engine.connect() as conn:
+            after = _categories(conn)
+            new_intserv = _codes(conn, "intserv")
+            query = sa.select(events.c.event_key, events.c.label).where(events.c.source == "m")
+            labels = dict(conn.execute(query).all())
+        expected = {f"df-{code}": doorflow.category(code) for code in range(301)}
+        for i, (code, raw) in enumerate(INTSERV_CASES):
+            field = None if raw is MISSING else raw
+            expected[f"is-{i}"] = intserv.category(field, code, new_intserv)
+        assert after == expected
+        assert after["df-13"] == after["is-0"] == after["is-1"] == "access_granted"
+        assert after["is-3"] == "access_granted"
+        assert after["is-4"] == "access_denied"
+        assert (after["is-6"], after["is-8"], after["is-10"]) == (
+            "access_granted",
+            "access_denied",
+            "other",
+        )
+        assert set(labels.values()) == {"kept"}
+
+        migrate.downgrade(engine, "0001")
+        with engine.connect() as conn:
+            assert _categories(conn) == before
+            assert _codes(conn, "doorflow")[13].category == "exit_request"
+            assert _codes(conn, "intserv")[104].category == "exit_request"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(events).where(events.c.source == "m"))
+        migrate.upgrade(engine)
+    assert migrate.is_current(engine)
+
+
+def _row(
+    key: str,
+    vendor: str,
+    code: int,
+    category: str,
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    when = datetime(2026, 5, 1, tzinfo=UTC)
+    return {
+        "source": "m",
+        "event_key": key,
+        "vendor": vendor,
+        "occurred_at": when,
+        "event_code": code,
+        "category": category,
+        "label": "kept",
+        "payload": payload,
+        "first_seen_at": when,
+        "last_seen_at": when,
+    }

@@ -45,7 +45,9 @@ def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[int, str]:
 
 
 def test_doorflow_in_the_foreground() -> None:
-    proc, banner = start("doorflow", "--events", "300", "--seed", "3", "--flavor", "guide")
+    proc, banner = start(
+        "doorflow", "--events", "300", "--seed", "3", "--flavor", "guide", "--unlist", "90,91"
+    )
     try:
         url = field(banner, r"listening on (http://127\.0\.0\.1:\d+)")
         token = field(banner, r"bearer token:\s+(\S+)")
@@ -61,6 +63,9 @@ def test_doorflow_in_the_foreground() -> None:
             assert "pagination" in r.json()
             r = http.get("/api/3/events", auth=(api_key, "X"))
             assert r.status_code == 200
+            r = http.get("/api/3/events", params={"event_code": ["10", "91"]}, auth=(api_key, "X"))
+            assert r.status_code == 400
+            assert r.json()["error_description"].endswith("not valid for this method: 91")
         code, out = stop(proc, signal.SIGINT)
         assert code == 0
         assert "stopped" in out
@@ -104,7 +109,7 @@ def test_help_lists_the_knobs() -> None:
         "--port", "--host", "--seed", "--events", "--flavor", "--rate", "--rate-limit",
         "--retry-after-in", "--server-errors", "--drop", "--latency", "--malformed",
         "--late-share", "--late-delay", "--ties", "--token-expiry", "--continuation-ttl",
-        "--offline",
+        "--offline", "--unlist",
     ):  # fmt: skip
         assert option in result.output
 
@@ -117,6 +122,8 @@ def test_help_lists_the_knobs() -> None:
         (["intserv", "--offline", "nope"], "unknown system"),
         (["doorflow", "--rate-limit", "0.6", "--drop", "0.6"], "must not exceed 1"),
         (["fax"], "Invalid value"),
+        (["intserv", "--unlist", "90"], "--unlist does not apply to intserv"),
+        (["doorflow", "--unlist", "90,x"], "not a list of integers"),
     ],
 )
 def test_usage_errors(args: list[str], message: str) -> None:

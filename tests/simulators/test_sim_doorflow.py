@@ -22,7 +22,8 @@ import orjson
 import pytest
 
 from syncd.simulators import DoorFlowSimulator, Faults, SimClock
-from syncd.simulators.data import DOORFLOW_CODES, DOORFLOW_DEFAULT_CODES
+from syncd.simulators.data import DOORFLOW_CODES, DOORFLOW_DEFAULT_CODES, DOORFLOW_LISTABLE_CODES
+from syncd.simulators.doorflow import Flavor
 from tests.simulators.simhelpers import START, Receiver, client, parse_time
 
 REF_FIELDS = {
@@ -34,7 +35,9 @@ GUIDE_FIELDS = {
     "id", "event_code", "person_id", "person_name", "channel_id", "channel_name",
     "credential_id", "occurred_at", "updated_at", "description", "additional_data",
 }  # fmt: skip
+LISTABLE = ",".join(map(str, sorted(DOORFLOW_LISTABLE_CODES)))
 ALL_CODES = ",".join(map(str, DOORFLOW_CODES))
+"""Every code: only for simulators told to list them all (``listable_codes``)."""
 
 
 def order(event: dict[str, Any]) -> tuple[datetime, int]:
@@ -99,58 +102,58 @@ def test_reference_default_page_is_newest_person_events(
 def test_reference_ascending_pages_cover_everything_in_order(
     sim: DoorFlowSimulator, http: httpx.Client
 ) -> None:
-    events, total = pull_ascending(http, n=700, event_codes=ALL_CODES, since="2000-01-01")
-    truth = sim.truth()
+    events, total = pull_ascending(http, n=700, event_codes=LISTABLE, since="2000-01-01")
+    truth = sim.truth(listable=True)
     assert total == len(truth) == len(events)
     assert events == sorted(truth.values(), key=order)
-    assert {e["event_code"] for e in events} == set(DOORFLOW_CODES)
+    assert {e["event_code"] for e in events} == DOORFLOW_LISTABLE_CODES & set(DOORFLOW_CODES)
 
 
 def test_reference_since_is_inclusive_on_created_at(
     sim: DoorFlowSimulator, http: httpx.Client
 ) -> None:
-    ordered = sorted(sim.truth().values(), key=order)
+    ordered = sorted(sim.truth(listable=True).values(), key=order)
     pivot = ordered[len(ordered) // 2]
     since = parse_time(pivot["created_at"])
     expected = [e for e in ordered if parse_time(e["created_at"]) >= since]
     for text in (pivot["created_at"], iso(since)):  # as served, and as UTC "Z"
-        events, total = pull_ascending(http, event_codes=ALL_CODES, since=text)
+        events, total = pull_ascending(http, event_codes=LISTABLE, since=text)
         assert total == len(expected)
         assert events == expected
         assert events[0]["created_at"] == pivot["created_at"] or order(events[0]) <= order(pivot)
     just_after = iso(since + timedelta(milliseconds=1))
-    events, _ = pull_ascending(http, event_codes=ALL_CODES, since=just_after)
+    events, _ = pull_ascending(http, event_codes=LISTABLE, since=just_after)
     assert pivot["id"] not in {e["id"] for e in events}
 
 
 def test_reference_sort_page_and_n(sim: DoorFlowSimulator, http: httpx.Client) -> None:
-    params = {"event_codes": ALL_CODES, "n": 100}
-    total = len(sim.truth())
+    params = {"event_codes": LISTABLE, "n": 100}
+    total = len(sim.truth(listable=True))
     desc2 = http.get("/api/3/events", params={**params, "page": 2}).json()
     explicit = http.get("/api/3/events", params={**params, "page": 2, "sort": "desc"}).json()
     asc_last = http.get(
         "/api/3/events", params={**params, "sort": "ASC", "page": math.ceil(total / 100)}
     ).json()
     assert desc2 == explicit
-    full = sorted(sim.truth().values(), key=order, reverse=True)
+    full = sorted(sim.truth(listable=True).values(), key=order, reverse=True)
     assert desc2 == full[100:200]
     assert asc_last == sorted(full[: total % 100 or 100], key=order)
     beyond = http.get("/api/3/events", params={**params, "page": 1000})
     assert beyond.json() == []
     assert beyond.headers["Total"] == str(total)
-    big = http.get("/api/3/events", params={"event_codes": ALL_CODES, "n": 5000})
+    big = http.get("/api/3/events", params={"event_codes": LISTABLE, "n": 5000})
     assert big.headers["Per-Page"] == "1000"
     assert len(big.json()) == 1000
     assert len(http.get("/api/3/events", params={"n": 7}).json()) == 7
 
 
 def test_reference_filters(sim: DoorFlowSimulator, http: httpx.Client) -> None:
-    truth = sim.truth().values()
+    truth = sim.truth(listable=True).values()
     events, total = pull_ascending(http, event_codes="30,90,105")
     assert {e["event_code"] for e in events} == {30, 90, 105}
     assert total == len(events) == sum(e["event_code"] in (30, 90, 105) for e in truth)
     door = next(e["channel_id"] for e in truth if e["channel_id"])
-    events, _ = pull_ascending(http, event_codes=ALL_CODES, channels=str(door))
+    events, _ = pull_ascending(http, event_codes=LISTABLE, channels=str(door))
     assert events
     assert all(e["door_controller_id"] == door for e in events)
     assert len(events) == sum(e["channel_id"] == door for e in truth)
@@ -181,6 +184,62 @@ def test_reference_bad_parameters_are_400(http: httpx.Client) -> None:
         assert r.json()["error"] == "invalid_request"
 
 
+UNLISTABLE = "The following event codes are not valid for this method: "
+
+
+@pytest.mark.parametrize("flavor", ["reference", "guide"])
+def test_codes_outside_the_listable_set_are_doorflows_400(
+    sim: DoorFlowSimulator, http: httpx.Client, flavor: Flavor
+) -> None:
+    sim.flavor = flavor
+    served = sim.stats.get("pages", 0)
+    remote = ", ".join(map(str, range(50, 64)))
+    # The guide reads only its own repeated event_code; the reference both families.
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"event_code": [str(c) for c in DOORFLOW_CODES]}, remote),
+        ({"event_code": ["10", "0"]}, "0"),
+    ]
+    if flavor == "reference":
+        cases += [
+            ({"event_codes": ALL_CODES}, remote),
+            ({"event_codes": "10,51,50", "event_code": ["10", "999"]}, "50, 51, 999"),
+        ]
+    for params, named in cases:
+        r = http.get("/api/3/events", params=params)
+        assert r.status_code == 400, params
+        assert r.json() == {"error": "bad_request", "error_description": UNLISTABLE + named}
+    assert sim.stats.get("pages", 0) == served  # nothing was listed
+    listable = {"event_codes": LISTABLE, "event_code": LISTABLE.split(",")}
+    assert http.get("/api/3/events", params=listable).status_code == 200
+    # Remote-control events exist all the same: one by one, and in the ground truth.
+    remote_events = [e for e in sim.truth().values() if 50 <= e["event_code"] <= 63]
+    assert remote_events
+    assert not set(sim.truth(listable=True)) & {e["id"] for e in remote_events}
+    one = http.get(f"/api/3/events/{remote_events[0]['id']}")
+    assert one.status_code == 200
+    assert one.json()["id"] == remote_events[0]["id"]
+
+
+def test_the_listable_set_can_be_shrunk(clock: SimClock) -> None:
+    shrunk = DOORFLOW_LISTABLE_CODES - {90, 91}
+    with (
+        DoorFlowSimulator(seed=2, history=400, clock=clock, listable_codes=shrunk) as sim,
+        client(sim.base_url, sim.token) as http,
+    ):
+        r = http.get("/api/3/events", params={"event_codes": LISTABLE})
+        assert r.status_code == 400
+        assert r.json()["error_description"] == UNLISTABLE + "90, 91"
+        fewer = ",".join(map(str, sorted(shrunk)))
+        events, total = pull_ascending(http, event_codes=fewer, since="2000-01-01")
+        assert total == len(events) == len(sim.truth(listable=True))
+        assert {e["event_code"] for e in events} <= shrunk
+        sim.listable_codes = shrunk - {1}  # while serving
+        r = http.get("/api/3/events", params={"event_codes": fewer})
+        assert r.json()["error_description"] == UNLISTABLE + "1"
+        sim.listable_codes = DOORFLOW_CODES  # a vendor that lists everything
+        assert http.get("/api/3/events", params={"event_codes": ALL_CODES}).status_code == 200
+
+
 def test_reference_times_carry_offsets_for_some_controllers(
     sim: DoorFlowSimulator, http: httpx.Client
 ) -> None:
@@ -197,7 +256,14 @@ def test_reference_times_carry_offsets_for_some_controllers(
 
 def test_ties_page_deterministically_by_id(clock: SimClock) -> None:
     with (
-        DoorFlowSimulator(seed=3, history=500, clock=clock, tie_groups=2, tie_size=1200) as sim,
+        DoorFlowSimulator(
+            seed=3,
+            history=500,
+            clock=clock,
+            tie_groups=2,
+            tie_size=1200,
+            listable_codes=DOORFLOW_CODES,
+        ) as sim,
         client(sim.base_url, sim.token) as http,
     ):
         events, total = pull_ascending(http, event_codes=ALL_CODES, since="2000-01-01")
@@ -412,7 +478,12 @@ def test_oauth_refresh_rotates_and_access_tokens_expire(clock: SimClock) -> None
 def test_names_are_filled_in_later_and_updated_at_moves(clock: SimClock) -> None:
     with (
         DoorFlowSimulator(
-            seed=4, history=0, clock=clock, name_update_share=1.0, name_update_delay=300
+            seed=4,
+            history=0,
+            clock=clock,
+            name_update_share=1.0,
+            name_update_delay=300,
+            listable_codes=DOORFLOW_CODES,
         ) as sim,
         client(sim.base_url, sim.token) as http,
     ):
@@ -466,10 +537,10 @@ def test_history_late_arrivals_show_up_as_the_clock_moves(clock: SimClock) -> No
         client(sim.base_url, sim.token) as http,
     ):
         since = iso(START - timedelta(hours=6))
-        _before, total_before = pull_ascending(http, event_codes=ALL_CODES, since=since)
+        _before, total_before = pull_ascending(http, event_codes=LISTABLE, since=since)
         old_max = max(sim.truth())
         clock.advance(2400)
-        after, total_after = pull_ascending(http, event_codes=ALL_CODES, since=since)
+        after, total_after = pull_ascending(http, event_codes=LISTABLE, since=since)
         arrived = [e for e in after if e["id"] > old_max]
         assert arrived
         assert total_after == total_before + len(arrived)
@@ -480,7 +551,9 @@ def test_history_late_arrivals_show_up_as_the_clock_moves(clock: SimClock) -> No
 
 def test_malformed_records_are_stable_and_counted(clock: SimClock) -> None:
     with (
-        DoorFlowSimulator(seed=8, history=2000, clock=clock, malformed_share=0.1) as sim,
+        DoorFlowSimulator(
+            seed=8, history=2000, clock=clock, malformed_share=0.1, listable_codes=DOORFLOW_CODES
+        ) as sim,
         client(sim.base_url, sim.token) as http,
     ):
         bad = sim.malformed()

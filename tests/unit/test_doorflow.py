@@ -11,29 +11,28 @@ watermark never goes backwards.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from syncd.config import Secret, SourceConfig
 from syncd.errors import AuthError, RequestRejected, TransientError
-from syncd.records import EventRecord, MalformedRecord, RejectedRecord
+from syncd.records import EventRecord, MalformedRecord
 from syncd.sources.base import CodeInfo, SourceContext
 from syncd.sources.doorflow import (
-    ALL_EVENT_CODES,
     DoorFlowCursor,
     DoorFlowSource,
     ListResponse,
     PassState,
     advance_watermark,
     from_api,
+    listings_for_pass,
     page_number,
+    past_window,
     regular_since,
     step,
 )
@@ -163,266 +162,72 @@ def test_page_numbers_round_down_when_the_page_size_shrank() -> None:
 def test_a_page_starting_past_the_offset_is_fetched_again() -> None:
     # Offset 1500 was consumed in pages of 500; the server now pages by 1000:
     # page 4 of 1000 would start at 3000 and skip 1500 rows.
-    state = PassState(T0, offset=1500, per_page=500, order="asc", shape="array")
+    state = PassState(T0, offset=1500, per_page=500, stated=True, shape="array")
     response = ListResponse([{}] * 1000, "array", 10_000, 1000)
-    move = step(state, 4, 1000, response, [])
+    move = step(state, 4, 1000, response)
     assert move.refetch
     assert page_number(move.state, 1000) == 2
 
 
-def test_a_changed_order_or_shape_restarts_the_pass() -> None:
-    state = PassState(T0, offset=40, per_page=20, order="asc", shape="array")
-    desc = [_record(2, T0 + timedelta(seconds=2)), _record(1, T0)]
-    move = step(state, 3, 20, ListResponse([{}, {}], "array", 100, 20), desc)
+def test_a_changed_shape_restarts_the_listing_but_order_does_not() -> None:
+    state = PassState(T0, offset=40, per_page=20, stated=True, shape="array")
+    move = step(state, 3, 20, ListResponse([{}], "object", 100, 20))
     assert move.restarted
     assert move.state.offset == 0
-    move = step(state, 3, 20, ListResponse([{}], "object", 100, 20), [])
-    assert move.restarted
-    assert move.state.offset == 0
+    # An order that looks different on one page (a late upload at a page edge
+    # of an id-ordered list) is no reason to start over.
+    move = step(state, 3, 20, ListResponse([{}] * 20, "array", 100, 20))
+    assert not move.restarted
+    assert move.state.offset == 60
 
 
-def test_a_short_page_or_the_total_ends_the_pass() -> None:
-    state = PassState(T0, offset=0, per_page=10)
-    assert step(state, 1, 10, ListResponse([{}] * 9, "array", None, 10), []).done
-    assert step(state, 1, 10, ListResponse([{}] * 10, "array", 10, 10), []).done
-    assert not step(state, 1, 10, ListResponse([{}] * 10, "array", 11, 10), []).done
+def test_a_short_page_ends_the_listing_but_the_total_never_does() -> None:
+    state = PassState(T0, offset=0, per_page=10, stated=True)
+    assert step(state, 1, 10, ListResponse([{}] * 9, "array", None, 10)).done
+    # A Total that runs low is a hint, not the end.
+    assert not step(state, 1, 10, ListResponse([{}] * 10, "array", 10, 10)).done
+    assert not step(state, 1, 10, ListResponse([{}] * 10, "array", 3, 10)).done
+    assert step(replace(state, offset=10), 2, 10, ListResponse([], "array", 10, 10)).done
+
+
+def test_pages_bigger_than_asked_without_per_page_are_measured_from_the_rows() -> None:
+    state = PassState(T0)
+    move = step(state, 1, 10, ListResponse([{}] * 25, "array", None, None))
+    assert (move.state.offset, move.state.per_page, move.done) == (25, 25, False)
+    assert page_number(move.state, 10) == 2  # the server's page 2 starts at row 25
+
+
+def test_a_short_page_without_a_stated_size_is_confirmed_by_an_empty_one() -> None:
+    # The server may cap pages silently: 7 of 10 rows could be a cap or the end.
+    move = step(PassState(T0), 1, 10, ListResponse([{}] * 7, "array", None, None))
+    assert not move.done
+    assert page_number(move.state, 10) == 2
+    assert step(move.state, 2, 10, ListResponse([], "array", None, None)).done
+
+
+def test_a_resumed_pass_finishes_its_listing_then_reads_the_head_again() -> None:
+    interrupted = PassState(T0, offset=40, per_page=20, stated=True, shape="object")
+    cursor = DoorFlowCursor(origin=T0, watermark=T0 + timedelta(hours=5), current=interrupted)
+    listings = listings_for_pass(cursor, timedelta(minutes=15))
+    assert listings == [interrupted, PassState(T0 + timedelta(hours=4, minutes=45))]
+    assert listings_for_pass(replace(cursor, current=None), timedelta(0)) == [
+        PassState(T0 + timedelta(hours=5))
+    ]
 
 
 def _record(key: int, at: datetime) -> EventRecord:
     return EventRecord(str(key), "doorflow", at, 10, "access_granted", None, b"{}")
 
 
-# -- a fake DoorFlow for whole passes ---------------------------------------------------
-
-
-@dataclass
-class FakeDoorFlow:
-    """An in-memory DoorFlow: the list endpoint and its quirks, nothing else."""
-
-    honour_sort: bool = True
-    shape: str = "array"
-    max_per_page: int = 1000
-    events: dict[int, dict[str, Any]] = field(default_factory=dict)
-    on_request: Callable[[FakeDoorFlow], None] | None = None
-    requests: list[httpx.Request] = field(default_factory=list)
-    next_id: int = 1
-
-    def add(self, created: datetime, name: str = "A") -> int:
-        event_id = self.next_id
-        self.next_id += 1
-        self.events[event_id] = {
-            "id": event_id,
-            "event_code": 10,
-            "person_name": name,
-            "created_at": iso(created),
-            "updated_at": iso(created),
-        }
-        return event_id
-
-    def rename(self, event_id: int, name: str, at: datetime) -> None:
-        self.events[event_id] = {
-            **self.events[event_id],
-            "person_name": name,
-            "updated_at": iso(at),
-        }
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.on_request is not None:
-            self.on_request(self)
-        params = request.url.params
-        since = datetime.fromisoformat(params["since"])
-        size = min(int(params["n"]), self.max_per_page)
-        page = int(params["page"])
-        rows = [e for e in self.events.values() if datetime.fromisoformat(e["created_at"]) >= since]
-        descending = not self.honour_sort or params.get("sort", "DESC") == "DESC"
-        rows.sort(key=lambda e: (e["created_at"], e["id"]), reverse=descending)
-        chunk = rows[(page - 1) * size : page * size]
-        if self.shape == "array":
-            return httpx.Response(
-                200, json=chunk, headers={"Total": str(len(rows)), "Per-Page": str(size)}
-            )
-        pagination = {"page": page, "per_page": size, "total_count": len(rows)}
-        return httpx.Response(200, json={"events": chunk, "pagination": pagination})
-
-
-@dataclass
-class MemoryStore:
-    """The engine's contract in memory: a page's rows and cursor land together."""
-
-    rows: dict[str, EventRecord] = field(default_factory=dict)
-    rejected: list[RejectedRecord] = field(default_factory=list)
-    cursor: dict[str, Any] = field(default_factory=dict)
-    watermarks: list[str] = field(default_factory=list)
-
-    def count(self, since: datetime, until: datetime | None) -> int:
-        return sum(
-            1
-            for r in self.rows.values()
-            if r.occurred_at >= since and (until is None or r.occurred_at < until)
-        )
-
-    def run(self, fake: FakeDoorFlow, now: datetime, *, page_size: int, lookback: float,
-            crash_after: int | None = None, start: datetime = T0) -> int:  # fmt: skip
-        config = SourceConfig(
-            name="hq",
-            kind="doorflow",
-            base_url="http://doorflow.test",
-            token=Secret("t0ken"),
-            start=start,
-            lookback=lookback,
-            page_size=page_size,
-            reconcile_days=30,
-        )
-        context = SourceContext(
-            codes=CODES,
-            count_local=self.count,
-            count_unplaced=lambda: sum(1 for r in self.rejected if r.occurred_at is None),
-        )
-        client = httpx.Client(base_url=config.base_url, transport=httpx.MockTransport(fake.handler))
-        pages = 0
-        with client:
-            for page in DoorFlowSource(config, client, context).pages(self.cursor, now):
-                for record in page.records:
-                    held = self.rows.get(record.event_key)
-                    if held is None or (record.source_updated_at or now) >= (
-                        held.source_updated_at or now
-                    ):
-                        self.rows[record.event_key] = record
-                self.rejected.extend(page.rejected)
-                self.cursor = page.cursor
-                if page.cursor.get("watermark"):
-                    self.watermarks.append(page.cursor["watermark"])
-                pages += 1
-                if crash_after is not None and pages >= crash_after:
-                    break  # the process dies here: nothing after this commit happens
-        return pages
-
-    def names(self) -> dict[int, str | None]:
-        return {int(k): r.person_name for k, r in self.rows.items()}
-
-
-def test_a_pass_asks_for_every_code_oldest_first_with_both_parameter_families() -> None:
-    fake = FakeDoorFlow()
-    fake.add(T0)
-    MemoryStore().run(fake, T0 + timedelta(hours=1), page_size=100, lookback=900)
-    params = fake.requests[0].url.params
-    assert params["sort"] == "ASC"
-    assert params["since"] == params["since_utc"] == iso(T0)
-    assert params["event_codes"] == ",".join(map(str, ALL_EVENT_CODES))
-    assert [int(c) for c in params.get_list("event_code")] == list(ALL_EVENT_CODES)
-    assert (params["n"], params["per_page"]) == ("100", "100")
-    assert fake.requests[0].headers["Authorization"] == "Bearer t0ken"
-
-
-def test_more_ties_than_a_page_are_all_read() -> None:
-    fake = FakeDoorFlow()
-    for _ in range(25):
-        fake.add(T0 + timedelta(minutes=5))
-    store = MemoryStore()
-    store.run(fake, T0 + timedelta(hours=1), page_size=4, lookback=0)
-    assert len(store.rows) == 25
-    for _ in range(7):
-        fake.add(T0 + timedelta(minutes=5))  # more ties at the watermark itself
-    store.run(fake, T0 + timedelta(hours=1), page_size=4, lookback=0)
-    assert len(store.rows) == 32
-
-
-def test_a_late_event_older_than_the_lookback_is_found_by_reconciliation() -> None:
-    fake = FakeDoorFlow()
-    for minute in range(0, 120, 2):
-        fake.add(T0 + timedelta(minutes=minute))
-    store = MemoryStore()
-    now = T0 + timedelta(hours=2)
-    store.run(fake, now, page_size=10, lookback=300)
-    late = fake.add(T0 + timedelta(minutes=31))  # an offline controller's upload
-    store.run(fake, now + timedelta(minutes=1), page_size=10, lookback=300)
-    assert late in store.names()
-    assert len(store.rows) == len(fake.events)
-
-
-def test_a_shrinking_page_size_mid_pass_never_skips() -> None:
-    fake = FakeDoorFlow()
-    for second in range(100):
-        fake.add(T0 + timedelta(seconds=second))
-    store = MemoryStore()
-    store.run(fake, T0 + timedelta(hours=1), page_size=20, lookback=0, crash_after=2)
-    fake.max_per_page, fake.shape = 7, "object"
-    store.run(fake, T0 + timedelta(hours=1), page_size=20, lookback=0)
-    assert len(store.rows) == 100
-
-
-# -- properties ------------------------------------------------------------------------
-
-
-@st.composite
-def histories(draw: st.DrawFn) -> dict[str, Any]:
-    rounds = draw(
-        st.lists(
-            st.fixed_dictionaries(
-                {
-                    "on_time": st.integers(0, 12),
-                    "late": st.integers(0, 3),  # within the lookback
-                    "very_late": st.integers(0, 2),  # older than the lookback
-                    "ties": st.integers(0, 9),
-                    "renames": st.integers(0, 3),
-                    "during_pass": st.integers(0, 3),  # arrive while the pass pages
-                    "crash_after": st.none() | st.integers(1, 4),
-                    "honour_sort": st.booleans(),
-                    "shape": st.sampled_from(["array", "object"]),
-                    "max_per_page": st.sampled_from([3, 5, 1000]),
-                }
-            ),
-            min_size=1,
-            max_size=8,
-        )
-    )
-    return {"rounds": rounds, "page_size": draw(st.integers(1, 8))}
-
-
-@settings(max_examples=150, deadline=None)
-@given(history=histories())
-def test_any_history_is_stored_exactly_once_in_its_newest_version(history: dict[str, Any]) -> None:
-    lookback = timedelta(minutes=10)
-    fake = FakeDoorFlow()
-    store = MemoryStore()
-    now = T0 + timedelta(hours=1)
-    arrivals: list[int] = []
-
-    def arrive_during_pass(server: FakeDoorFlow) -> None:
-        if arrivals and arrivals[0] > 0:
-            arrivals[0] -= 1
-            server.add(now - timedelta(seconds=30))  # late, inside the pass's window
-            server.add(now)
-
-    fake.on_request = arrive_during_pass
-    for index, round_ in enumerate(history["rounds"]):
-        now += timedelta(minutes=5)
-        fresh = [fake.add(now - timedelta(seconds=s)) for s in range(round_["on_time"])]
-        for s in range(round_["late"]):
-            fake.add(now - lookback + timedelta(minutes=2, seconds=s))
-        for s in range(round_["very_late"]):
-            fake.add(now - lookback * 3 - timedelta(seconds=s))
-        for _ in range(round_["ties"]):
-            fake.add(now - timedelta(minutes=1))
-        for n, event_id in enumerate(fresh[: round_["renames"]]):
-            fake.rename(event_id, f"renamed {index}.{n}", now)
-        fake.honour_sort, fake.shape = round_["honour_sort"], round_["shape"]
-        fake.max_per_page = round_["max_per_page"]
-        arrivals[:] = [round_["during_pass"]]
-        store.run(fake, now, page_size=history["page_size"], lookback=lookback.total_seconds(),
-                  crash_after=round_["crash_after"])  # fmt: skip
-
-    # Whatever happened, once the pass in progress (if any) has finished, one
-    # undisturbed fresh pass later everything is there (found by that pass's
-    # lookback or its reconciliation).
-    arrivals[:] = [0]
-    for _ in range(2 if "pass" in store.cursor else 1):
-        now += timedelta(minutes=1)
-        store.run(fake, now, page_size=history["page_size"], lookback=lookback.total_seconds())
-    assert store.names() == {i: e["person_name"] for i, e in fake.events.items()}
-    assert store.watermarks == sorted(store.watermarks)
-    assert "pass" not in store.cursor
+def test_a_window_ends_after_a_whole_page_past_its_end() -> None:
+    until = T0 + timedelta(hours=1)
+    inside, past, later = _record(1, T0), _record(2, until), _record(3, until + timedelta(1))
+    assert past_window([past, later], until, 2)
+    assert not past_window([inside, past], until, 2)
+    assert not past_window([later, past], until, 2)  # newest first: the window is below
+    assert not past_window([past, past], until, 2)  # ties show no order
+    assert not past_window([past, later], until, 3)  # a rejected row is no evidence
+    assert not past_window([past, later], None, 2)
 
 
 # -- errors through the shared HTTP machinery ------------------------------------------

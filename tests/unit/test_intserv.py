@@ -47,7 +47,7 @@ CODES: dict[int, CodeInfo] = {
     101: CodeInfo("Access granted (code)", "access_granted"),
     102: CodeInfo("Access granted (proximity)", "access_granted"),
     103: CodeInfo("Access granted (proximity + PIN)", "access_granted"),
-    104: CodeInfo("Access granted (exit button)", "exit_request"),
+    104: CodeInfo("Access granted (exit button)", "access_granted"),
     105: CodeInfo("Access granted (common code)", "access_granted"),
     **{c: CodeInfo(f"Access denied ({c})", "access_denied") for c in range(200, 208)},
 }
@@ -199,7 +199,7 @@ def test_missing_optional_fields() -> None:
 @pytest.mark.parametrize(
     ("code", "category", "expected", "label"),
     [
-        (104, "accessgranted", "exit_request", "Access granted (exit button)"),
+        (104, "accessgranted", "access_granted", "Access granted (exit button)"),
         (203, "accessdenied", "access_denied", "Access denied (203)"),
         (150, "accessgranted", "access_granted", None),
         (250, "AccessDenied", "access_denied", None),
@@ -695,9 +695,28 @@ def test_crash_resumes_with_the_stored_key() -> None:
     assert store.cursor["least_sync_time"] == canonical_time(at(0))
     server.requests.clear()
     assert sync_pass(server, store, page_size=2)
-    assert [r.get("continuation_key") for r in server.requests] == ["0:4", "0:6"]
+    # The interrupted walk goes on from its key, then a fresh pass starts at
+    # the new horizon (what reached the list behind the key meanwhile).
+    assert [r.get("continuation_key") for r in server.requests] == ["0:4", "0:6", None]
     assert len(store.events) == 7
     assert store.cursor == {"least_sync_time": canonical_time(at(5))}
+
+
+def test_a_resumed_pass_holds_what_landed_behind_its_key_while_it_was_down() -> None:
+    server = FakeIntServ(("sys-a", "sys-b"))
+    server.generate("sys-a", 1)
+    server.tick(10)
+    server.set_offline("sys-b", True)
+    server.generate("sys-b", 2)  # buffered at t=10
+    server.tick(5)
+    server.generate("sys-a", 4)  # t=15
+    store = MemoryStore()
+    assert not sync_pass(server, store, page_size=2, crash_after=1)
+    server.set_offline("sys-b", False)  # while syncd is down: lands behind the key
+    late = {e.key for e in server.all_events() if e.system == "sys-b"}
+    assert sync_pass(server, store, page_size=2)  # the resumed pass exits 0 ...
+    assert late <= set(store.events)  # ... holding them
+    assert set(store.events) == {e.key for e in server.all_events()}
 
 
 def test_rejected_key_restarts_from_from_date() -> None:
@@ -710,8 +729,10 @@ def test_rejected_key_restarts_from_from_date() -> None:
     server.requests.clear()
     assert sync_pass(server, store, page_size=2)
     keys = [r.get("continuation_key") for r in server.requests]
-    assert keys == ["0:2", None, "1:2", "1:4"]
-    assert {r["from_date"] for r in server.requests} == {canonical_time(at(0))}
+    assert keys == ["0:2", None, "1:2", "1:4", None]  # the last: the fresh pass after a resume
+    assert [r["from_date"] for r in server.requests] == [canonical_time(at(0))] * 4 + [
+        canonical_time(at(5))
+    ]
     assert len(store.events) == 5
     assert store.cursor == {"least_sync_time": canonical_time(at(5))}
 
