@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -54,10 +55,12 @@ import httpx
 import orjson
 import psycopg
 from sqlalchemy.engine import make_url
-from sync_doorflow import DEFAULT_URL, fresh_database
 
 from syncd.sources.doorflow import LISTABLE_EVENT_CODES
 
+DEFAULT_URL = os.environ.get(
+    "SYNCD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 START = datetime(2026, 1, 1, tzinfo=UTC)
 SINCE = START.isoformat()
 PAGE = 1000
@@ -309,6 +312,19 @@ class Result:
 
 def _dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(False)
+
+
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``admin_url``, dropped afterwards."""
+    name = f"syncd_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_dsn(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(False)
+    finally:
+        with psycopg.connect(_dsn(admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def checkpoint(admin_url: str) -> None:
