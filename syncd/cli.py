@@ -8,11 +8,12 @@ configured here too, once, before any command runs.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -22,6 +23,11 @@ from syncd import __version__
 from syncd.config import Settings, load_settings
 from syncd.errors import DatabaseUnavailable, SyncdError
 from syncd.simulators.cli import simulate
+
+if TYPE_CHECKING:
+    from syncd.config import SourceConfig
+    from syncd.db.store import Store
+    from syncd.engine import PassResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,6 +127,7 @@ def _ready_engine(ctx: Context, *, migrate_if_empty: bool) -> sa.Engine:
 
     engine = ctx.engine()
     current = migrations.current_revision(engine)
+    migrations.check_known(current)
     if current is None and migrate_if_empty:
         migrations.upgrade(engine)
         return engine
@@ -153,7 +160,7 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
     failed = 0
     for source in sources:
-        result = run_pass(store, source)
+        result = _guarded_pass(store, source, run_pass)
         if result.skipped:
             click.echo(f"{source.name}: skipped, another syncd is syncing it")
         elif result.ok:
@@ -221,6 +228,39 @@ def reconcile(ctx: Context, name: str, since: str | None, until: str | None, as_
         click.echo(report.summary())
 
 
+def _guarded_pass(
+    store: Store, source: SourceConfig, run_pass: Callable[[Store, SourceConfig], PassResult]
+) -> PassResult:
+    """``run_pass``, with an unexpected exception recorded as this source's failure.
+
+    The engine turns vendor errors into a failed result; anything else (a bug,
+    a value the database refused) must not skip the remaining sources nor
+    leave ``syncd status`` without an error: it is recorded in ``last_error``
+    and reported like any failure. The traceback goes to the log (warning
+    level), never to the one-line outcome.
+    """
+    import structlog
+
+    from syncd.engine import PassResult
+
+    try:
+        return run_pass(store, source)
+    except Exception as exc:  # one source must never stop the others
+        if isinstance(exc, sa.exc.SQLAlchemyError):
+            from syncd.db.engine import first_line
+
+            message = f"{type(exc).__name__}: {first_line(exc)}"
+        else:
+            message = f"{type(exc).__name__}: {str(exc)[:300]}"
+        structlog.get_logger(__name__).warning(
+            "pass_crashed", source=source.name, error=message, exc_info=True
+        )
+        # If the database is the problem, the outcome line still says so.
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            store.record_failure(source.name, message, datetime.now(UTC))
+        return PassResult(source.name, ok=False, error=message)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
@@ -256,6 +296,7 @@ def status(ctx: Context, as_json: bool) -> None:
                 "last_error": state.last_error if state else None,
                 "last_error_at": _iso(state.last_error_at) if state else None,
                 "consecutive_failures": state.consecutive_failures if state else 0,
+                "reconciled_at": _iso(state.reconciled_at) if state else None,
                 "cursor": state.cursor if state else {},
             }
         )

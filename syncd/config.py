@@ -290,7 +290,7 @@ def _resolve_config_path(
         default = base_dir / DEFAULT_CONFIG_NAME
         return default if default.is_file() else None
 
-    path = explicit.expanduser()
+    path = _expand(explicit, origin)
     if not path.is_absolute():
         path = base_dir / path
     if not path.exists():
@@ -321,7 +321,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _normalize_database_url(url: str, origin: str) -> str:
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.exc import ArgumentError
 
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"{origin} is empty: give a URL such as {DEFAULT_DATABASE_URL!r}")
@@ -337,14 +337,31 @@ def _normalize_database_url(url: str, origin: str) -> str:
             f"{origin} is not a valid database URL: expected e.g. "
             f"'postgresql://user@host:5432/db' or {DEFAULT_DATABASE_URL!r}"
         ) from None
-    try:
-        parsed.get_dialect()
-    except NoSuchModuleError:
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        # A dialect SQLAlchemy knows (mysql://, postgresql+psycopg2://) still
+        # needs a driver syncd does not ship: say what works instead.
         raise ConfigError(
-            f"{origin}: unsupported database {parsed.drivername!r}: "
-            "use postgresql://... or sqlite:///..."
-        ) from None
+            f"{origin}: unsupported database URL scheme {parsed.drivername!r}: syncd supports "
+            "postgresql://... (psycopg 3; also postgresql+psycopg://) and sqlite:///PATH"
+        )
+    if parsed.drivername.startswith("sqlite") and (parsed.database or "").startswith("~"):
+        home = _expand(Path(parsed.database or ""), origin)
+        url = parsed.set(database=str(home)).render_as_string(hide_password=False)
     return url
+
+
+SUPPORTED_DRIVERS = frozenset({"postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
+
+
+def _expand(path: Path, where: str) -> Path:
+    """``~`` and ``~user`` expanded; a user that does not exist is a ConfigError."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        user = str(path).split("/", 1)[0]
+        raise ConfigError(
+            f"{where}: cannot expand {user!r} in {str(path)!r}: no such user"
+        ) from None
 
 
 # --------------------------------------------------------------------------- daemon
@@ -741,7 +758,7 @@ class _SecretReader:
         path_text = self._table[file_key]
         if not isinstance(path_text, str) or not path_text.strip():
             raise ConfigError(f"{where} must be a file path, got {_describe(path_text)}")
-        path = Path(path_text.strip()).expanduser()
+        path = _expand(Path(path_text.strip()), where)
         if not path.is_absolute():
             path = self._base_dir / path
         try:

@@ -101,7 +101,10 @@ def build_source(
         count_local=partial(store.count_events, config.name),
         count_unplaced=partial(store.count_unplaced, config.name),
         refresh_token=state.refresh_token,
-        save_refresh_token=lambda token: store.save_refresh_token(config.name, token, clock()),
+        refresh_token_origin=state.refresh_token_origin,
+        save_refresh_token=lambda token, origin: store.save_refresh_token(
+            config.name, token, clock(), origin
+        ),
     )
     return source_class(config.kind)(config, client, context)
 

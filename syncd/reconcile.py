@@ -11,9 +11,11 @@ module finds such events without re-reading history:
 2. Equal: the span is complete; nothing more is asked. Different (either
    way: a surplus can hide a gap next to it): split the span in two and
    compare each half.
-3. A span the vendor counts at most one page of events for (or one second
-   long) is re-read in full through the same page loop as every other
-   write, so what was missing is upserted and what was there is untouched.
+3. A span the vendor counts at most :data:`REREAD_PAGES` pages of events
+   for (or one second long) is re-read in full through the same page loop
+   as every other write, so what was missing is upserted and what was
+   there is untouched. Re-reading three pages costs about what splitting
+   once more costs (two spans, two probes each), so below that, reading wins.
 
 On a complete history this costs two count probes for the whole span. Each
 difference costs about two probes per halving down to one page, so requests
@@ -48,6 +50,9 @@ from syncd.db.store import Store, WriteResult
 from syncd.engine import Clock, NoCursor, SourceRuntime, drive, utcnow
 
 log = structlog.get_logger(__name__)
+
+REREAD_PAGES = 3
+"""Spans the vendor counts this many pages for, or fewer, are re-read rather than split."""
 
 MIN_SPAN = timedelta(seconds=1)
 """Below this a span is re-read rather than split (ties share a second)."""
@@ -163,7 +168,7 @@ def _bisect(
         local = store.count_span(config.name, low, high, source.listed_codes)
         if vendor == local:
             continue
-        if vendor <= config.page_size or high - low <= MIN_SPAN:
+        if vendor <= REREAD_PAGES * config.page_size or high - low <= MIN_SPAN:
             log.info(
                 "reconcile_reread",
                 source=config.name,

@@ -49,6 +49,18 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def empty_pg_url(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL database with nothing in it (not migrated), dropped after the test."""
+    admin = make_url(pg_url).set(database="postgres").render_as_string(hide_password=False)
+    name = f"syncd_empty_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_admin_dsn(admin), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(_admin_dsn(admin), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _empty(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":

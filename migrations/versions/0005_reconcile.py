@@ -1,7 +1,7 @@
 """When each source was last reconciled: ``sync_state.reconciled_at``.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-01
 
 ``syncd sync`` and the daemon run a reconciliation when one is due
@@ -17,7 +17,7 @@ from alembic import op
 import syncd.db.schema
 
 revision: str = "0005"
-down_revision: str | None = "0002"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,8 +33,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def describe_url(url: str) -> str:
-    """The URL with any password hidden, for messages."""
-    return sa.make_url(url).render_as_string(hide_password=True)
+    """The URL with any password hidden, for messages: ``user:***@`` and ``?password=***``.
+
+    libpq (and so psycopg) also takes the password as a query parameter;
+    SQLAlchemy's own redaction only knows the ``user:password@`` form.
+    """
+    rendered = sa.make_url(url).render_as_string(hide_password=True)
+    return _QUERY_SECRET.sub(r"\1***", rendered)
+
+
+_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
 
 
 def check_connection(engine: sa.Engine) -> None:

@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from syncd.db.engine import check_connection
+from syncd.errors import DatabaseUnavailable
 
 
 def alembic_config() -> Config:
@@ -29,6 +30,24 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def known_revision(revision: str) -> bool:
+    """Whether this syncd ships ``revision`` (a newer syncd may have migrated further)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return any(rev.revision == revision for rev in script.walk_revisions())
+
+
+def check_known(revision: str | None) -> None:
+    """Raise one clear line when the database was migrated by a newer syncd."""
+    if revision is not None and not known_revision(revision):
+        from syncd import __version__
+
+        raise DatabaseUnavailable(
+            f"the database is at schema revision {revision}, which this syncd ({__version__}) "
+            f"does not know: it was migrated by a newer syncd; run that version "
+            f"(newest revision here: {head_revision()})"
+        )
+
+
 def is_current(engine: sa.Engine) -> bool:
     return current_revision(engine) == head_revision()
 
@@ -36,6 +55,7 @@ def is_current(engine: sa.Engine) -> bool:
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` in one transaction."""
     check_connection(engine)
+    check_known(current_revision(engine))
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn

@@ -94,6 +94,8 @@ sync_state = sa.Table(
     sa.Column("refresh_token", sa.Text()),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("reconciled_at", UTCDateTime()),
+    # sha256 of the configured refresh token the stored one was rotated from
+    sa.Column("refresh_token_origin", sa.Text()),
 )
 
 rejected_events = sa.Table(
@@ -107,9 +109,19 @@ rejected_events = sa.Table(
     sa.Column("occurred_at", UTCDateTime()),
     sa.Column("raw", JSONDocument, nullable=False),
     sa.Column("raw_sha256", sa.Text(), nullable=False),
+    # The vendor natural key when it could be read: one row per vendor record.
+    sa.Column("event_key", sa.Text()),
     sa.UniqueConstraint("source", "raw_sha256"),
     sa.Index("ix_rejected_events_source_rejected_at", "source", "rejected_at"),
     sa.Index("ix_rejected_events_source_occurred_at", "source", "occurred_at"),
+    sa.Index(
+        "ix_rejected_events_source_event_key",
+        "source",
+        "event_key",
+        unique=True,
+        postgresql_where=sa.text("event_key IS NOT NULL"),
+        sqlite_where=sa.text("event_key IS NOT NULL"),
+    ),
 )
 
 event_codes = sa.Table(

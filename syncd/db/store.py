@@ -5,7 +5,8 @@ events, its rejected records and the cursor that follows them commit together
 or not at all. Replaying a page is harmless: events are upserted on
 (``source``, ``event_key``); a row is rewritten only when its content changed
 and the incoming version is not older (``source_updated_at``); rejected
-records are keyed by a hash of their raw form.
+records are keyed by their vendor natural key when it could be read, else by
+a hash of their raw form (one row per vendor record, however often re-served).
 
 PostgreSQL path: ``COPY`` the page into a temporary staging table, then one
 ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE changed``. That is one
@@ -18,6 +19,7 @@ upsert, which is what SQLite is fastest at.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ import psycopg
 import sqlalchemy as sa
 
 from syncd.db.schema import event_codes, events, rejected_events, sync_state
-from syncd.records import EventRecord, RejectedRecord
+from syncd.records import EventRecord, RejectedRecord, to_json
 from syncd.sources.base import CodeInfo
 
 if TYPE_CHECKING:
@@ -137,6 +139,7 @@ class SourceState:
     consecutive_failures: int = 0
     refresh_token: str | None = None
     reconciled_at: datetime | None = None
+    refresh_token_origin: str | None = None  # sha256 of the configured token it descends from
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +178,8 @@ def _sqlite_time(value: datetime | None) -> str | None:
 
 def _raw_json(raw: Any) -> bytes:
     try:
-        return orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-    except TypeError:
+        return to_json(raw, sort_keys=True)
+    except (TypeError, ValueError):
         return orjson.dumps(repr(raw))
 
 
@@ -310,27 +313,88 @@ class Store:
         rejected: Sequence[RejectedRecord],
         now: datetime,
     ) -> None:
+        """One row per vendor record: by ``event_key`` when it has one, else by content.
+
+        A keyed record re-served with another body (a name filled in later)
+        updates its row; its raw, reason and time become the latest seen.
+        """
         if not rejected:
             return
-        rows = {}
+        keyed: dict[str, dict[str, Any]] = {}
+        by_content: dict[str, dict[str, Any]] = {}
         for item in rejected:
             raw = _raw_json(item.raw)
             digest = hashlib.sha256(raw).hexdigest()
-            rows[digest] = {
+            row = {
                 "source": source,
                 "rejected_at": now,
                 "last_seen_at": now,
                 "reason": item.reason,
                 "occurred_at": item.occurred_at,
-                "raw": orjson.loads(raw),
+                "raw": json.loads(raw),
                 "raw_sha256": digest,
+                "event_key": item.event_key,
             }
-        insert = self._insert(rejected_events)
-        statement = insert.on_conflict_do_update(
-            index_elements=["source", "raw_sha256"],
-            set_={"last_seen_at": insert.excluded.last_seen_at},
+            if item.event_key is None:
+                by_content[digest] = row
+            else:
+                keyed[item.event_key] = row
+        if keyed:
+            self._adopt_unkeyed(conn, list(keyed.values()))
+            insert = self._insert(rejected_events)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["source", "event_key"],
+                    index_where=rejected_events.c.event_key.is_not(None),
+                    set_={
+                        c: insert.excluded[c]
+                        for c in ("raw", "raw_sha256", "reason", "occurred_at", "last_seen_at")
+                    },
+                ),
+                list(keyed.values()),
+            )
+        if by_content:
+            insert = self._insert(rejected_events)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["source", "raw_sha256"],
+                    set_={"last_seen_at": insert.excluded.last_seen_at},
+                ),
+                list(by_content.values()),
+            )
+
+    @staticmethod
+    def _adopt_unkeyed(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Give rows stored before ``event_key`` existed the key of the same content.
+
+        Such a row has the same ``raw_sha256`` as an incoming keyed record, and
+        would otherwise collide with it. A second such row for a key that
+        already has one is the duplicate the key exists to prevent: dropped.
+        """
+        params = [{"s": r["source"], "k": r["event_key"], "h": r["raw_sha256"]} for r in rows]
+        t = rejected_events
+        held = t.alias("held")
+        conn.execute(
+            t.update()
+            .where(
+                t.c.source == sa.bindparam("s"),
+                t.c.raw_sha256 == sa.bindparam("h"),
+                t.c.event_key.is_(None),
+                ~sa.exists().where(
+                    held.c.source == sa.bindparam("s"), held.c.event_key == sa.bindparam("k")
+                ),
+            )
+            .values(event_key=sa.bindparam("k")),
+            params,
         )
-        conn.execute(statement, list(rows.values()))
+        conn.execute(
+            t.delete().where(
+                t.c.source == sa.bindparam("s"),
+                t.c.raw_sha256 == sa.bindparam("h"),
+                t.c.event_key.is_(None),
+            ),
+            [{"s": p["s"], "h": p["h"]} for p in params],
+        )
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -362,9 +426,18 @@ class Store:
                 )
             )
 
-    def save_refresh_token(self, source: str, token: str, now: datetime) -> None:
-        """Persist a rotated OAuth refresh token at once, in its own transaction."""
-        self._update_state(source, now, refresh_token=token)
+    def save_refresh_token(
+        self, source: str, token: str, now: datetime, origin: str | None = None
+    ) -> None:
+        """Persist a rotated OAuth refresh token at once, in its own transaction.
+
+        ``origin`` is the fingerprint of the configured token it descends from
+        (:func:`syncd.sources.auth.token_fingerprint`), never the token itself.
+        """
+        values: dict[str, Any] = {"refresh_token": token}
+        if origin is not None:
+            values["refresh_token_origin"] = origin
+        self._update_state(source, now, **values)
 
     def record_success(self, source: str, now: datetime) -> None:
         """A pass finished; the first one also starts the reconciliation clock."""
@@ -457,17 +530,24 @@ class Store:
 
         Stored events (only ``codes`` when given: the vendor's listing cannot
         return others, e.g. remote-control events that came by webhook) plus
-        rejected records whose time could be read. Reconciliation compares
+        rejected records whose time could be read and whose vendor id is not
+        also stored. Reconciliation compares
         this with the vendor's count of the same span.
         """
         in_span = sa.and_(events.c.occurred_at >= since, events.c.occurred_at < until)
         stored = sa.select(sa.func.count()).where(events.c.source == source, in_span)
         if codes is not None:
             stored = stored.where(events.c.event_code.in_(sorted(codes)))
+        # A record rejected once and stored later (fixed by the vendor) is
+        # one vendor event: count it once, or the surplus could hide a gap.
+        stored_later = sa.exists().where(
+            events.c.source == source, events.c.event_key == rejected_events.c.event_key
+        )
         rejected = sa.select(sa.func.count()).where(
             rejected_events.c.source == source,
             rejected_events.c.occurred_at >= since,
             rejected_events.c.occurred_at < until,
+            sa.or_(rejected_events.c.event_key.is_(None), ~stored_later),
         )
         with self.engine.connect() as conn:
             return int(conn.execute(stored).scalar_one()) + int(conn.execute(rejected).scalar_one())
@@ -585,6 +665,7 @@ def _state(row: sa.Row[Any]) -> SourceState:
         consecutive_failures=row.consecutive_failures,
         refresh_token=row.refresh_token,
         reconciled_at=row.reconciled_at,
+        refresh_token_origin=row.refresh_token_origin,
     )
 
 

@@ -11,7 +11,7 @@ import click
 
 from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 from syncd.simulators.doorflow import DoorFlowSimulator
-from syncd.simulators.faults import Faults
+from syncd.simulators.faults import ALL_KINDS, MALFORMED_KINDS, Faults, kind_indexes
 from syncd.simulators.intserv import DEFAULT_SYSTEMS, IntServSimulator
 
 _DOORFLOW_ONLY = (
@@ -27,7 +27,13 @@ _DOORFLOW_ONLY = (
     "webhook_secret",
     "webhook_interval",
 )
-_INTSERV_ONLY = ("continuation_ttl", "offline", "systems")
+_INTSERV_ONLY = (
+    "continuation_ttl",
+    "offline",
+    "systems",
+    "expired_key_status",
+    "current_least_sync_time",
+)
 
 _share = click.FloatRange(0.0, 1.0)
 _positive = click.FloatRange(min=0.0)
@@ -61,6 +67,11 @@ _positive = click.FloatRange(min=0.0)
 @click.option("--drop", default=0.0, type=_share, help="Share of connections closed unanswered.")
 @click.option("--latency", default=0.0, type=_positive, help="Added to every request, ms.")
 @click.option("--malformed", default=0.0, type=_share, help="Share of records served broken.")
+@click.option(
+    "--malformed-kinds",
+    default=",".join(MALFORMED_KINDS),
+    help=f"Which breakages --malformed serves, comma-separated, of: {', '.join(ALL_KINDS)}.",
+)
 @click.option(
     "--late-share",
     default=0.0,
@@ -106,6 +117,17 @@ _positive = click.FloatRange(min=0.0)
     help="IntServ: continuation key lifetime, s.",
 )
 @click.option(
+    "--expired-key-status",
+    default=400,
+    type=click.Choice(["400", "403", "404", "410", "500", "503"]),
+    help="IntServ: the status an expired continuation key gets (every time it is sent).",
+)
+@click.option(
+    "--current-least-sync-time",
+    is_flag=True,
+    help="IntServ: each page reports least_sync_time now, not the pass minimum.",
+)
+@click.option(
     "--offline",
     multiple=True,
     metavar="SYSTEM[=SECONDS]",
@@ -136,6 +158,8 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             drop=options["drop"],
             latency=options["latency"] / 1000.0,
         )
+        kinds = [k.strip() for k in options["malformed_kinds"].split(",") if k.strip()]
+        kind_indexes(kinds)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     common: dict[str, Any] = {
@@ -145,6 +169,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
         "people": options["people"],
         "faults": faults,
         "malformed_share": options["malformed"],
+        "malformed_kinds": kinds,
         "tie_groups": options["tie_groups"] if options["ties"] else 0,
         "tie_size": options["ties"],
         "rate": options["rate"],
@@ -192,6 +217,8 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             doors=options["doors"] or 6,
             systems=systems,
             continuation_ttl=options["continuation_ttl"],
+            expired_key_status=int(options["expired_key_status"]),
+            report_current_least_sync_time=options["current_least_sync_time"],
             offline=offline,
         )
     _run(sim, comebacks)

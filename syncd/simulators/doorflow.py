@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import http.client
+import json
 import math
 import random
 import time
@@ -35,7 +36,13 @@ import orjson
 
 from syncd.simulators import data
 from syncd.simulators.clock import US, Clock, iso_ms, parse_iso
-from syncd.simulators.faults import Faults
+from syncd.simulators.faults import (
+    ALL_KINDS,
+    POISON_KINDS,
+    Faults,
+    kind_indexes,
+    poison,
+)
 from syncd.simulators.index import SortedIndex
 from syncd.simulators.server import BaseSimulator, Request, Response, json_response
 
@@ -53,7 +60,6 @@ _DOOR_ID_BASE = 1340
 _SITES = (("HQ", 0), ("Berlin", 60), ("Manchester", 0))
 """Door controllers at Berlin report local time: ``created_at`` ends ``+01:00``."""
 
-MALFORMED_KINDS = ("missing_id", "missing_time", "bad_time", "bad_code", "wrong_types")
 _BAD_TIMES = ("2024-02-30T25:61:00Z", "yesterday", "", "15/01/2024 14:30", "0000-00-00T00:00:00Z")
 _CRED_TYPES = {data.CRED_CARD: "Card", data.CRED_PIN: "PIN", data.CRED_MOBILE: "Mobile"}
 _REF = (
@@ -140,7 +146,7 @@ class _Event:
         self.name0 = name0  # the name served until update_at
         self.update_at = update_at  # -1: never changes
         self.updated = False
-        self.bad = bad  # 0, or 1 + index into MALFORMED_KINDS
+        self.bad = bad  # 0, or 1 + index into ALL_KINDS
         self.ref: bytes | None = None
         self.guide: bytes | None = None
 
@@ -198,7 +204,7 @@ class DoorFlowSimulator(BaseSimulator):
 
     vendor = "doorflow"
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one assignment per knob, read top to bottom
         self,
         *,
         seed: int = 1,
@@ -216,6 +222,7 @@ class DoorFlowSimulator(BaseSimulator):
         tie_groups: int = 0,
         tie_size: int = 0,
         malformed_share: float = 0.0,
+        malformed_kinds: Iterable[str] | None = None,
         token_expiry: float = 3600.0,
         listable_codes: Iterable[int] | None = None,
         rate: float = 0.0,
@@ -248,6 +255,7 @@ class DoorFlowSimulator(BaseSimulator):
         self.name_update_share = name_update_share
         self.name_update_delay = name_update_delay
         self.malformed_share = malformed_share
+        self._bad_kinds = kind_indexes(malformed_kinds)
         self.token_expiry = token_expiry
         self.listable_codes = (
             data.DOORFLOW_LISTABLE_CODES if listable_codes is None else listable_codes
@@ -371,7 +379,8 @@ class DoorFlowSimulator(BaseSimulator):
             render = self._renderer(self._flavor)
             codes = self.listable_codes if listable else _ALL_CODES
             parts = [render(e) for e in self._all.items if e.bad and e.code in codes]
-        result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(parts) + b"]")
+        # json, not orjson: a lone surrogate (POISON_KINDS) is in there as served.
+        result: list[dict[str, Any]] = json.loads(b"[" + b",".join(parts) + b"]")
         return result
 
     def pending_webhooks(self) -> list[dict[str, Any]]:
@@ -469,6 +478,7 @@ class DoorFlowSimulator(BaseSimulator):
         update_share = self.name_update_share
         delay = int(self.name_update_delay * US)
         bad_share = self.malformed_share
+        kinds = self._bad_kinds
         events = []
         for i in range(n):
             code = codes[i]
@@ -487,7 +497,7 @@ class DoorFlowSimulator(BaseSimulator):
                     if update_share and rand() < update_share:
                         name0 = None if rand() < 0.5 else _old_name(people[person])
                         update_at = arrived[i] + delay
-            bad = 1 + int(rand() * len(MALFORMED_KINDS)) if bad_share and rand() < bad_share else 0
+            bad = 1 + kinds[int(rand() * len(kinds))] if bad_share and rand() < bad_share else 0
             events.append(
                 _Event(
                     created[i],
@@ -999,7 +1009,9 @@ def _old_name(person: _Person) -> str:
 
 def _spoil(rendered: bytes, event: _Event, time_field: str, id_fields: Iterable[str]) -> bytes:
     record = orjson.loads(rendered)
-    kind = MALFORMED_KINDS[event.bad - 1]
+    kind = ALL_KINDS[event.bad - 1]
+    if kind in POISON_KINDS:
+        return poison(record, kind, "event_code", 2**32 + event.code, time_field)
     if kind == "missing_id":
         for field in id_fields:
             del record[field]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 RetryAfterIn = Literal["header", "body", "both"]
 FaultKind = Literal["drop", "rate_limit", "server_error"]
@@ -68,3 +71,39 @@ class FaultInjector:
         if r < f.drop + f.rate_limit + f.server_errors:
             return "server_error", status
         return None, 0
+
+
+MALFORMED_KINDS = ("missing_id", "missing_time", "bad_time", "bad_code", "wrong_types")
+"""Records a connector must reject (the default ``malformed_kinds``)."""
+POISON_KINDS = ("nul", "surrogate", "huge_int")
+"""Records that once stalled a source: a NUL in a string (PostgreSQL refuses it),
+a lone surrogate escape (orjson refuses the whole body), an integer past its
+column (``event_code`` past int4, ``sequence_id`` past int8)."""
+ALL_KINDS = MALFORMED_KINDS + POISON_KINDS
+_SURROGATE_MARK = "@@syncd-lone-surrogate@@"
+
+
+def kind_indexes(kinds: Iterable[str] | None) -> tuple[int, ...]:
+    """``malformed_kinds`` as indexes into :data:`ALL_KINDS` (None: the classic five)."""
+    chosen = MALFORMED_KINDS if kinds is None else tuple(kinds)
+    unknown = [k for k in chosen if k not in ALL_KINDS]
+    if unknown or not chosen:
+        raise ValueError(f"malformed_kinds must be a non-empty subset of {ALL_KINDS}")
+    return tuple(ALL_KINDS.index(k) for k in chosen)
+
+
+def poison(record: dict[str, Any], kind: str, int_field: str, huge: int, skip: str) -> bytes:
+    """``record`` served with the poison ``kind`` (see :data:`POISON_KINDS`) as JSON bytes.
+
+    The string poisoned is the record's first string field other than ``skip``
+    (its time, so the rejected record still has a readable time).
+    """
+    if kind == "huge_int":
+        record[int_field] = huge
+        return orjson.dumps(record)
+    field = next(k for k, v in record.items() if isinstance(v, str) and k != skip)
+    if kind == "nul":
+        record[field] = f"{record[field]}\x00tail"
+        return orjson.dumps(record)
+    record[field] = _SURROGATE_MARK
+    return orjson.dumps(record).replace(_SURROGATE_MARK.encode(), b"\\ud800")

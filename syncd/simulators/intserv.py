@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
@@ -29,14 +30,19 @@ import orjson
 
 from syncd.simulators import data
 from syncd.simulators.clock import US, Clock, from_us, iso_s, parse_iso
-from syncd.simulators.faults import Faults
+from syncd.simulators.faults import (
+    ALL_KINDS,
+    POISON_KINDS,
+    Faults,
+    kind_indexes,
+    poison,
+)
 from syncd.simulators.index import SortedIndex
 from syncd.simulators.server import BaseSimulator, Request, Response, json_response
 
 DEFAULT_SYSTEMS = ("abc123-001", "abc123-002", "def456-001")
 MAX_LIMIT = 1000
 DEFAULT_DAYS = 7
-MALFORMED_KINDS = ("missing_id", "missing_time", "bad_time", "bad_code", "wrong_types")
 _BAD_TIMES = ("2020-13-01T00:00:00Z", "not a time", "", "01/03/2020 00:00", "2020-03-01T24:61:00")
 _KEY_NONE, _KEY_PROXIMITY, _KEY_CODE, _KEY_COMMON, _KEY_UNKNOWN = range(5)
 
@@ -87,7 +93,7 @@ class _Event:
         self.holder = holder  # index into holders, -1: none
         self.keykind = keykind
         self.ident = ident  # identification of an unknown key
-        self.bad = bad  # 0, or 1 + index into MALFORMED_KINDS
+        self.bad = bad  # 0, or 1 + index into ALL_KINDS
         self.raw: bytes | None = None
 
 
@@ -115,7 +121,13 @@ class IntServSimulator(BaseSimulator):
     ``history`` events over the last ``history_days`` (plus ``tie_groups`` x
     ``tie_size`` events of one system sharing one ``event_time`` each);
     ``generate(n)`` adds more at ``clock.now()``. Continuation keys expire
-    ``continuation_ttl`` seconds (of the clock) after they were issued.
+    ``continuation_ttl`` seconds (of the clock) after they were issued, and an
+    expired key is answered with ``expired_key_status`` (400; real backends
+    have been seen answering 403 or 500, every time it is sent).
+    ``report_current_least_sync_time``: each page reports the horizon *now*
+    instead of the minimum already reported to the pass, as a backend that
+    recomputes it per page would (a connector that trusts the last page's
+    value then skips events a system uploaded behind the pass's position).
     """
 
     vendor = "intserv"
@@ -130,8 +142,11 @@ class IntServSimulator(BaseSimulator):
         systems: Iterable[str] = DEFAULT_SYSTEMS,
         api_key: str | None = None,
         continuation_ttl: float = 300.0,
+        expired_key_status: int = 400,
+        report_current_least_sync_time: bool = False,
         faults: Faults | None = None,
         malformed_share: float = 0.0,
+        malformed_kinds: Iterable[str] | None = None,
         tie_groups: int = 0,
         tie_size: int = 0,
         doors: int = 6,
@@ -153,7 +168,12 @@ class IntServSimulator(BaseSimulator):
         if doors < 1 or people < 1 or history < 0 or tie_groups < 0 or tie_size < 0:
             raise ValueError("doors and people must be >= 1; history and ties >= 0")
         self.continuation_ttl = continuation_ttl
+        if expired_key_status not in (400, 403, 404, 410, 500, 503):
+            raise ValueError(f"expired_key_status {expired_key_status} is not a served error")
+        self.expired_key_status = expired_key_status
+        self.report_current_least_sync_time = report_current_least_sync_time
         self.malformed_share = malformed_share
+        self._bad_kinds = kind_indexes(malformed_kinds)
         creds = random.Random(f"intserv-credentials-{seed}")
         self.api_key = api_key or "isk_" + creds.getrandbits(192).to_bytes(24, "big").hex()
         self._key_secret = creds.getrandbits(256).to_bytes(32, "big")
@@ -254,7 +274,8 @@ class IntServSimulator(BaseSimulator):
         """The malformed records visible so far, as served."""
         with self._lock:
             parts = [e.raw or self._render(e) for e in self._all.items if e.bad]
-        result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(parts) + b"]")
+        # json, not orjson: a lone surrogate (POISON_KINDS) is in there as served.
+        result: list[dict[str, Any]] = json.loads(b"[" + b",".join(parts) + b"]")
         return result
 
     # -- data ----------------------------------------------------------------
@@ -295,6 +316,7 @@ class IntServSimulator(BaseSimulator):
         seq, reset, last = self._seq, self._seq_reset, self._last_time
         doors = self._doors
         bad_share = self.malformed_share
+        kinds = self._bad_kinds
         events = []
         for i in range(n):
             t, system, type_ = times[i], systems[i], types[i]
@@ -318,7 +340,7 @@ class IntServSimulator(BaseSimulator):
                 ident = data.digits(rng, 10).zfill(13)
             door_list = doors[system]
             door = door_list[0] if rand() < 0.4 else door_list[int(rand() * len(door_list))]
-            bad = 1 + int(rand() * len(MALFORMED_KINDS)) if bad_share and rand() < bad_share else 0
+            bad = 1 + kinds[int(rand() * len(kinds))] if bad_share and rand() < bad_share else 0
             events.append(_Event(t, system, number, type_, door, holder, keykind, ident, bad))
         return events
 
@@ -433,7 +455,8 @@ class IntServSimulator(BaseSimulator):
             return self._list(request)
         except _BadRequest as exc:
             self._count("bad_requests")
-            return self._error(400, exc.error, str(exc))
+            status = self.expired_key_status if exc.error == "continuation_key_expired" else 400
+            return self._error(status, exc.error, str(exc))
 
     def _list(self, request: Request) -> Response:
         try:
@@ -463,7 +486,7 @@ class IntServSimulator(BaseSimulator):
             items = index.items[lo:end]
             parts = [e.raw or self._render(e) for e in items]
             least = min(self._horizon(s, now) for s in (query.systems or self.systems))
-        if query.floor is not None:
+        if query.floor is not None and not self.report_current_least_sync_time:
             least = min(least, query.floor)
         next_key = None
         if end < hi:
@@ -547,7 +570,9 @@ class IntServSimulator(BaseSimulator):
 
 def _spoil(rendered: bytes, event: _Event) -> bytes:
     record = orjson.loads(rendered)
-    kind = MALFORMED_KINDS[event.bad - 1]
+    kind = ALL_KINDS[event.bad - 1]
+    if kind in POISON_KINDS:
+        return poison(record, kind, "sequence_id", 2**63 + event.seq, "event_time")
     if kind == "missing_id":
         del record["sequence_id"]
     elif kind == "missing_time":

@@ -10,6 +10,7 @@ token, the old one is kept.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -23,6 +24,29 @@ from syncd.errors import AuthError
 # request can take a while to arrive.
 EXPIRY_MARGIN_S = 60.0
 EXPIRY_MARGIN_SHARE = 0.1  # ...but never more than this share of a short lifetime
+
+
+def token_fingerprint(token: str) -> str:
+    """What is stored to recognise a configured refresh token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def choose_refresh_token(configured: str, stored: str | None, stored_origin: str | None) -> str:
+    """The refresh token to use: the stored (rotated) one only if it descends from ``configured``.
+
+    ``stored_origin`` is the fingerprint of the configured token the stored one
+    was rotated from. A configured token that differs from it is a new
+    authorization (after a revocation the user follows syncd's own advice and
+    sets a new one): it wins over the stored one, which descends from a dead
+    grant. A stored token without an origin was saved before syncd recorded
+    one; it is the live token of the only grant syncd knew, so it is kept (the
+    next rotation records its origin).
+    """
+    if stored is None:
+        return configured
+    if stored_origin is None or stored_origin == token_fingerprint(configured):
+        return stored
+    return configured
 
 
 class BearerToken(httpx.Auth):

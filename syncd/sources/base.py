@@ -58,15 +58,19 @@ class SourceContext:
     and rejected records with ``since <= occurred_at < until`` (``until``
     None: no upper bound), for reconciliation against a vendor's totals;
     ``count_unplaced`` counts its rejected records that had no readable time.
-    ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token,
-    and ``save_refresh_token`` commits a new one at once, before it is used.
+    ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token
+    and ``refresh_token_origin`` the fingerprint of the configured token it
+    descends from (:func:`syncd.sources.auth.choose_refresh_token`);
+    ``save_refresh_token(token, origin)`` commits a new one with its origin at
+    once, before it is used.
     """
 
     codes: Mapping[int, CodeInfo] = field(default_factory=dict)
     count_local: Callable[[datetime, datetime | None], int] | None = None
     count_unplaced: Callable[[], int] | None = None
     refresh_token: str | None = None
-    save_refresh_token: Callable[[str], None] | None = None
+    save_refresh_token: Callable[[str, str], None] | None = None
+    refresh_token_origin: str | None = None
 
 
 class Source(Protocol):

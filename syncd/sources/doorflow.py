@@ -15,8 +15,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
   reads from ``watermark - lookback`` or finds by reconciliation. The pass
   keeps the number of list positions it has consumed (``offset``) in the
   cursor after every page, so a crash resumes at the same page; if the
-  server's page size or order changes under it (a flavor switch), the pass
-  restarts at offset 0 rather than risk a skip.
+  server answers in another shape under it (a flavor switch), the listing
+  restarts at offset 0 rather than risk a skip (at most :data:`MAX_RESTARTS`
+  times in one run).
 - Every *listable* event code is asked for explicitly: without
   ``event_codes`` the API returns only admits and rejects, and naming a code
   it does not list for this method (50-63, remote control, although such
@@ -31,18 +32,11 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
 - The watermark (newest ``created_at`` committed, never past ``now``) only
   becomes the next pass's ``since`` once a pass has finished, so the order
   the server returns (``sort=ASC`` honoured or not) does not matter.
-- A late event older than the lookback is found by **reconciliation**: at the
-  start of a pass the vendor's count of events between the reconcile horizon
-  and the pass's ``since`` (two ``Total`` / ``total_count`` probes) is
-  compared with the local count of stored and rejected records there. If the
-  vendor has more than syncd could explain by rejected records without a
-  readable time (which cannot be placed in the window), the pass reads from
-  the horizon instead. No deficit is ever "accepted" as known, so a missed
-  event cannot be hidden; the price is that a vendor whose counts never
-  match costs a horizon re-read every pass (logged as ``reconcile_needed``).
-- Known limit: when the source has rejected records without a readable time,
-  as many missing events as there are such records can go unnoticed by
-  reconciliation (they are indistinguishable by count).
+- A late event older than the lookback is found by **reconciliation**
+  (:mod:`syncd.reconcile`), its own step, using :meth:`DoorFlowSource.vendor_count`
+  and :meth:`DoorFlowSource.window_pages`; a pass never re-reads older spans.
+- A pass that resumes an interrupted listing finishes it and then reads a
+  fresh listing from watermark - lookback (:func:`listings_for_pass`).
 - Both response shapes (bare array + ``Total``/``Per-Page`` headers, and
   ``{"events", "pagination"}``) and both field namings are accepted; the
   request carries both parameter families.
@@ -58,20 +52,27 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import orjson
 import structlog
 
 from syncd.errors import ConfigError, RequestRejected, SourceError
 from syncd.records import (
+    INT4,
     EventRecord,
     MalformedRecord,
     RejectedRecord,
+    int_text,
     optional_text,
     parse_time,
     required_int,
     split_page,
+    to_json,
 )
-from syncd.sources.auth import BearerToken, OAuthRefresh
+from syncd.sources.auth import (
+    BearerToken,
+    OAuthRefresh,
+    choose_refresh_token,
+    token_fingerprint,
+)
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
 from syncd.sources.http import RetryPolicy, send
 
@@ -197,7 +198,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         raise MalformedRecord("id missing")
     key = required_int(event_id, "id")
     occurred_at = parse_time(_first(raw, "created_at", "occurred_at"), "created_at")
-    code = required_int(raw.get("event_code"), "event_code")
+    code = required_int(raw.get("event_code"), "event_code", INT4)
     updated = raw.get("updated_at")
     info = codes.get(code)
     label = _first(raw, "event_label", "description")
@@ -210,7 +211,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         event_code=code,
         category=category(code),
         label=label if label is not None else (info.label if info else None),
-        payload=orjson.dumps(raw),
+        payload=to_json(raw),
         door_id=optional_text(_first(raw, "door_controller_id", "channel_id"), "channel_id"),
         door_name=optional_text(
             _first(raw, "door_controller_name", "channel_name"), "channel_name"
@@ -222,10 +223,23 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     )
 
 
+def natural_key(raw: Any) -> str | None:
+    """A raw event's ``event_key`` (its integer id as text), when it can be read."""
+    if not isinstance(raw, dict):
+        return None
+    event_id = _first(raw, "id", "event_id")
+    try:
+        return None if event_id is None else str(required_int(event_id, "id"))
+    except MalformedRecord:
+        return None
+
+
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    return split_page(items, lambda raw: from_api(raw, codes), "created_at", "occurred_at")
+    return split_page(
+        items, lambda raw: from_api(raw, codes), "created_at", "occurred_at", identify=natural_key
+    )
 
 
 # -- the cursor and paging arithmetic (pure) -----------------------------------
@@ -375,13 +389,7 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
 
 
 def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
+    return int_text(value)  # ASCII digits only: "²".isdigit() is True, int("²") raises
 
 
 def _positive(value: int | None) -> int | None:
@@ -450,17 +458,18 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
     return PageStep(new, done=done)
 
 
-def past_window(records: list[EventRecord], until: datetime | None, count: int) -> bool:
+def past_window(records: list[EventRecord], until: datetime | None) -> bool:
     """A window read may stop once a whole ascending page lies at or past ``until``.
 
     Read oldest first, everything after such a page is later still. The page
-    must itself show the ascending order (its times rise from first to last):
-    a server that ignores ``sort=ASC`` serves the newest rows first, and those
-    lie past the window too. One page of evidence, rather than one row, keeps
-    a slightly disordered listing (a late upload at a page edge) from ending
-    the window early.
+    must itself show the ascending order (the times of its events rise from
+    first to last): a server that ignores ``sort=ASC`` serves the newest rows
+    first, and those lie past the window too. One page of evidence, rather
+    than one row, keeps a slightly disordered listing (a late upload at a
+    page edge) from ending the window early. Rejected records on the page are
+    stored with it, whatever their time, so they need no say.
     """
-    if until is None or count < 2 or len(records) < count:
+    if until is None or len(records) < 2:
         return False
     times = [r.occurred_at for r in records]
     ascending = times[0] < times[-1] and all(a <= b for a, b in itertools.pairwise(times))
@@ -486,13 +495,18 @@ class DoorFlowSource:
     def _auth(self) -> httpx.Auth:
         config = self.config
         if config.oauth is not None:
-            refresh = self.context.refresh_token or config.oauth.refresh_token.reveal()
+            configured = config.oauth.refresh_token.reveal()
+            refresh = choose_refresh_token(
+                configured, self.context.refresh_token, self.context.refresh_token_origin
+            )
+            save = self.context.save_refresh_token
+            origin = token_fingerprint(configured)
             return OAuthRefresh(
                 token_url=f"{config.base_url}/oauth/token",
                 client_id=config.oauth.client_id.reveal(),
                 client_secret=config.oauth.client_secret.reveal(),
                 refresh_token=refresh,
-                on_rotate=self.context.save_refresh_token,
+                on_rotate=None if save is None else lambda token: save(token, origin),
             )
         if config.api_key is not None:
             return httpx.BasicAuth(config.api_key.reveal(), "X")
@@ -648,7 +662,7 @@ class DoorFlowSource:
             if move.refetch or move.restarted:
                 continue
             records, rejected = normalize_page(response.items, self.context.codes)
-            done = move.done or past_window(records, current.until, len(response.items))
+            done = move.done or past_window(records, current.until)
             yield records, rejected, current, done
             if done:
                 return

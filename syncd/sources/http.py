@@ -15,6 +15,8 @@ tenacity. Policy is decided by exception *type*:
 from __future__ import annotations
 
 import email.utils
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,13 +118,37 @@ def raise_for_status(response: httpx.Response) -> None:
 
 
 def parse_json(response: httpx.Response) -> Any:
-    """The response body as JSON; a body that is not JSON is transient (retried)."""
+    """The response body as JSON; a body that is not JSON is transient (retried).
+
+    orjson refuses a whole body for one value inside it (a lone surrogate
+    escape such as ``"\\ud800"``, an integer beyond 64 bits, ``1e400``): the
+    standard library, which accepts those, gets a second look, so one bad
+    record becomes one rejected record (:func:`syncd.records.split_page`)
+    instead of a page retried forever.
+    """
+    content = response.content
+    # orjson reads an integer beyond 64 bits as a float, silently: a body with
+    # a 20-digit run anywhere (rare; a false positive only costs speed) is read
+    # by the standard library, which keeps it exact.
+    if not _LONG_DIGITS.search(content):
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
+        return json.loads(content, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
         raise TransientError(
             f"HTTP {response.status_code} from {response.request.url.path}: body is not JSON"
         ) from exc
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
+def _not_json(name: str) -> Any:
+    # NaN and Infinity are not JSON; the standard library would accept them.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:

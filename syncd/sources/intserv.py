@@ -35,16 +35,23 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   page, the horizon so far, and the request filters it belongs to). A resumed
   pass uses the stored continuation key; the horizon arithmetic is the same
   as if it had never stopped.
-- **A rejected continuation key** (the server's TTL is unknown): any
-  non-auth, non-429 4xx to a request that *carried* a continuation key — the
-  classification is by which request failed, never by the message — raises
-  :class:`~syncd.errors.ContinuationRejected`, and the pass starts again from
-  its ``from_date`` with a fresh horizon (the events already stored are
-  upserted again, harmlessly). After :data:`MAX_RESTARTS` restarts in one
-  run the pass fails; the committed cursor still resumes it next time. The
-  same 4xx to a request *without* a key is a real rejection and fails the
-  pass at once. A pass whose filters (``systems``, ``include_*``) changed in
-  the configuration is discarded: its key belongs to another query.
+- **A failing continuation key** (the server's TTL is unknown, and an
+  expired key has been seen answered with 4xx, 403 and 500): any error that
+  persists once retries are spent, to a request that *carried* a
+  continuation key — the classification is by which request failed, never
+  by the message — raises :class:`~syncd.errors.ContinuationRejected`, and
+  the pass starts again from its ``from_date`` with a fresh horizon (the
+  events already stored are upserted again, harmlessly). After
+  :data:`MAX_RESTARTS` restarts in one run the pass fails with that error;
+  the committed cursor still resumes it next time. The same error to a
+  request *without* a key is a real failure and fails the pass at once.
+- **A change of scope** (``systems``, ``include_*`` in the configuration):
+  the committed ``least_sync_time`` belongs to the filters it was reported
+  for, which the cursor records. Fewer systems: it still holds. Anything
+  else (a system added): the new scope is read from the cursor's ``origin``
+  (where the first pass began, else ``start``) and logged as
+  ``scope_changed`` (:func:`rescope`). A pass in progress under other
+  filters is dropped: its key belongs to another query.
 - **No ``to_date`` is sent** (the server's default: its own now). The
   ``least_sync_time`` guarantee is stated in the server's clock for the query
   it ran; with a client-chosen ``to_date`` from *our* clock, skew could put
@@ -74,8 +81,9 @@ import httpx
 import orjson
 import structlog
 
-from syncd.errors import ConfigError, ContinuationRejected, RequestRejected, SourceError
+from syncd.errors import ConfigError, ContinuationRejected, SourceError
 from syncd.records import (
+    INT4,
     EventRecord,
     MalformedRecord,
     RejectedRecord,
@@ -83,6 +91,7 @@ from syncd.records import (
     parse_time,
     required_int,
     split_page,
+    to_json,
 )
 from syncd.sources.auth import BearerToken
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
@@ -184,7 +193,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     system_id = _system_id(raw)
     occurred_at = parse_time(raw.get("event_time"), "event_time")
     sequence_id = required_int(raw.get("sequence_id"), "sequence_id")
-    code = required_int(raw.get("type"), "type")
+    code = required_int(raw.get("type"), "type", INT4)
     key = _object(raw, "key")
     person = _object(raw, "person")
     subject = _object(raw, "subject")
@@ -196,7 +205,7 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         event_code=code,
         category=category(raw.get("category"), code, codes),
         label=info.label if info else None,
-        payload=orjson.dumps(raw),
+        payload=to_json(raw),
         door_name=optional_text(raw.get("door_name"), "door_name"),
         person_id=optional_text(person.get("id"), "person.id") if person else None,
         person_name=_person_name(person, subject),
@@ -206,10 +215,24 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
     )
 
 
+def natural_key(raw: Any) -> str | None:
+    """A raw event's ``event_key``, when its three parts can be read."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return event_key(
+            _system_id(raw),
+            parse_time(raw.get("event_time"), "event_time"),
+            required_int(raw.get("sequence_id"), "sequence_id"),
+        )
+    except MalformedRecord:
+        return None
+
+
 def normalize_page(
     items: list[Any], codes: Mapping[int, CodeInfo]
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    return split_page(items, lambda raw: from_api(raw, codes), "event_time")
+    return split_page(items, lambda raw: from_api(raw, codes), "event_time", identify=natural_key)
 
 
 # -- the cursor arithmetic (pure) ----------------------------------------------
@@ -257,13 +280,24 @@ class PassState:
 
 @dataclass(frozen=True, slots=True)
 class IntServCursor:
-    """``least_sync_time``: the committed horizon; ``current``: a pass in progress."""
+    """``least_sync_time``: the committed horizon; ``current``: a pass in progress.
+
+    ``scope`` is the request filters the horizon was reported for (None: a
+    cursor stored before syncd recorded it) and ``origin`` where the first
+    pass began (None: likewise), so a scope that grows can be read from there.
+    """
 
     least_sync_time: datetime
     current: PassState | None = None
+    scope: str | None = None
+    origin: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"least_sync_time": canonical_time(self.least_sync_time)}
+        if self.scope is not None:
+            data["scope"] = self.scope
+        if self.origin is not None:
+            data["origin"] = canonical_time(self.origin)
         if self.current is not None:
             data["pass"] = self.current.to_json()
         return data
@@ -273,17 +307,64 @@ class IntServCursor:
         """The stored cursor; an empty one starts at ``start``."""
         stored = data.get("least_sync_time") if data else None
         if not stored:
-            return cls(least_sync_time=start)
+            return cls(least_sync_time=start, origin=start)
         current = data.get("pass")
+        scope = data.get("scope")
+        origin = data.get("origin")
         return cls(
             least_sync_time=_parse_stored(stored),
             current=PassState.from_json(current) if current else None,
+            scope=str(scope) if scope is not None else None,
+            origin=_parse_stored(origin) if origin else None,
         )
 
 
 def begin_pass(cursor: IntServCursor, scope: str) -> IntServCursor:
     """A fresh pass from the committed horizon (inclusive)."""
-    return replace(cursor, current=PassState(from_date=cursor.least_sync_time, scope=scope))
+    return replace(
+        cursor, scope=scope, current=PassState(from_date=cursor.least_sync_time, scope=scope)
+    )
+
+
+def narrows(old: str, new: str) -> bool:
+    """Whether the filters ``new`` select a subset of what ``old`` selected.
+
+    Only the systems list is compared that way (no list means every system);
+    any change of the category flags counts as a widening (their combined
+    meaning is the server's; re-reading is the safe side).
+    """
+    before, after = orjson.loads(old), orjson.loads(new)
+    flags = ("include_access_granted", "include_access_denied")
+    if any(before.get(flag) != after.get(flag) for flag in flags):
+        return False
+    old_systems = set(before.get("systems") or ())
+    new_systems = set(after.get("systems") or ())
+    return not old_systems or (bool(new_systems) and new_systems <= old_systems)
+
+
+def rescope(cursor: IntServCursor, scope: str, start: datetime) -> tuple[IntServCursor, str | None]:
+    """The cursor for the filters ``scope``, and what changed (None, "narrowed", "widened").
+
+    The committed ``least_sync_time`` is a guarantee for the filters it was
+    reported for. For fewer systems it still holds (their minimum can only be
+    higher). For more (a system added to ``systems``), nothing is known about
+    the new ones: the scope is read from where it is complete, the cursor's
+    ``origin`` (else ``start``), and the horizon starts there again, so the
+    first pass over the new scope ends at *its* reported minimum. A pass in
+    progress under other filters is dropped either way: its key belongs to
+    another query.
+    """
+    old = cursor.scope
+    if old is None and cursor.current is not None:
+        old = cursor.current.scope or None
+    if old is None:
+        return replace(cursor, scope=scope), None  # unknown before: adopt it
+    if old == scope:
+        return replace(cursor, scope=scope), None
+    if narrows(old, scope):
+        return replace(cursor, scope=scope, current=None), "narrowed"
+    origin = cursor.origin or start
+    return IntServCursor(least_sync_time=origin, scope=scope, origin=origin), "widened"
 
 
 def restart_pass(cursor: IntServCursor) -> IntServCursor:
@@ -312,7 +393,7 @@ def after_page(
     horizon = seen if current.horizon is None else min(current.horizon, seen)
     if has_more:
         return replace(cursor, current=replace(current, continuation_key=next_key, horizon=horizon))
-    return IntServCursor(least_sync_time=max(cursor.least_sync_time, horizon))
+    return replace(cursor, least_sync_time=max(cursor.least_sync_time, horizon), current=None)
 
 
 # -- responses -------------------------------------------------------------------
@@ -406,10 +487,14 @@ class IntServSource:
             )
         except ContinuationRejected:
             raise
-        except RequestRejected as exc:
+        except SourceError as exc:
+            # Whatever a request with a key keeps failing with once retries are
+            # spent (4xx, 403, a 500 that persists): the key may be the cause,
+            # so it is dropped and the pass restarts without it. A request
+            # without a key failing the same way is a real failure.
             if current.continuation_key is None:
                 raise
-            raise ContinuationRejected(f"continuation key rejected: {exc}") from exc
+            raise ContinuationRejected(f"continuation key failed: {exc}") from exc
         return read_list_response(payload)
 
     # -- a pass --
@@ -477,9 +562,15 @@ class IntServSource:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)
         state = IntServCursor.from_json(cursor, start)
         scope = self.scope()
-        if state.current is not None and state.current.scope != scope:
-            log.warning("pass_discarded", source=self.config.name, reason="filters changed")
-            state = replace(state, current=None)
+        state, change = rescope(state, scope, start)
+        if change is not None:
+            log.warning(
+                "scope_changed",
+                source=self.config.name,
+                change=change,
+                scope=scope,
+                read_from=canonical_time(state.least_sync_time),
+            )
         if state.current is None:
             state = begin_pass(state, scope)
         restarts = 0

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+import sqlalchemy as sa
 
+from syncd.db.engine import create_engine
 from syncd.db.store import Store
 from tests.factories import T0, event
 
@@ -48,13 +50,23 @@ def test_migrate_creates_the_schema_on_an_empty_sqlite(tmp_path: Path) -> None:
     assert "already current" in again.stdout
 
 
-def test_migrate_creates_the_schema_on_an_empty_postgres(pg_url: str) -> None:
-    # pg_url is already migrated by the fixture; this proves the command is idempotent
-    # and accepts the plain postgresql:// form the contract promises.
-    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
-    result = syncd("--database-url", plain, "migrate")
-    assert result.returncode == 0, result.stderr
-    assert "schema already current" in result.stdout
+def test_migrate_creates_the_schema_on_an_empty_postgres(empty_pg_url: str) -> None:
+    # A database with no tables at all, given in the plain postgresql:// form
+    # the contract promises; then the command is idempotent.
+    plain = empty_pg_url.replace("postgresql+psycopg://", "postgresql://")
+    engine = create_engine(empty_pg_url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+        result = syncd("--database-url", plain, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "migrated from empty to revision" in result.stdout
+        assert {"events", "sync_state", "rejected_events"} <= set(
+            sa.inspect(engine).get_table_names()
+        )
+        again = syncd("--database-url", plain, "migrate")
+        assert "schema already current" in again.stdout
+    finally:
+        engine.dispose()
 
 
 def test_the_default_database_is_sqlite_in_the_working_directory(tmp_path: Path) -> None:

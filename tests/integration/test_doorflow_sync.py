@@ -28,6 +28,7 @@ from syncd.config import OAuthCredentials, Secret, SourceConfig
 from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
 from syncd.engine import SourceRuntime, run_pass
+from syncd.records import storable
 from syncd.simulators import DoorFlowSimulator, Faults, SimClock
 from syncd.simulators.data import DOORFLOW_LISTABLE_CODES
 
@@ -79,7 +80,8 @@ def assert_matches_truth(store: Store, source: str, sim: DoorFlowSimulator) -> N
     served = []
     for each in ("reference", "guide"):
         sim.flavor = each
-        served.append(sim.malformed(listable=True))
+        # NUL etc. kept as text
+        served.append([storable(raw) for raw in sim.malformed(listable=True)])
     sim.flavor = flavor
     for as_reference, as_guide in zip(*served, strict=True):
         assert as_reference in kept or as_guide in kept, f"malformed record lost: {as_reference}"

@@ -29,7 +29,7 @@ from syncd.config import Secret, SourceConfig
 from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
 from syncd.engine import PassResult, run_pass
-from syncd.records import parse_time
+from syncd.records import parse_time, storable
 from syncd.simulators import Faults, IntServSimulator, SimClock
 from syncd.sources.intserv import canonical_time
 
@@ -92,7 +92,8 @@ def assert_matches_truth(engine: sa.Engine, sim: IntServSimulator) -> None:
     assert not extra, f"{len(extra)} stored events the vendor does not have: {sorted(extra)[:3]}"
     stale = [k for k, event in truth.items() if stored[k] != event]
     assert not stale, f"{len(stale)} stored payloads differ from the vendor's, e.g. {stale[:3]}"
-    malformed = {orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) for raw in sim.malformed()}
+    served = [storable(raw) for raw in sim.malformed()]  # NUL etc. kept as text
+    malformed = {orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) for raw in served}
     assert malformed, "the simulator served no malformed records: the test lost its teeth"
     assert stored_rejected(engine) == malformed
 
@@ -160,6 +161,9 @@ def world() -> Iterator[tuple[IntServSimulator, SimClock]]:
         tie_groups=6,
         tie_size=12,
         faults=FAULTS,
+        # Each page says what the horizon is *now*: a connector that trusted
+        # the last page's value would skip what a system uploads mid-pass.
+        report_current_least_sync_time=True,
     )
     with sim:
         yield sim, clock

@@ -109,7 +109,8 @@ def test_help_lists_the_knobs() -> None:
         "--port", "--host", "--seed", "--events", "--flavor", "--rate", "--rate-limit",
         "--retry-after-in", "--server-errors", "--drop", "--latency", "--malformed",
         "--late-share", "--late-delay", "--ties", "--token-expiry", "--continuation-ttl",
-        "--offline", "--unlist",
+        "--offline", "--unlist", "--malformed-kinds", "--expired-key-status",
+        "--current-least-sync-time",
     ):  # fmt: skip
         assert option in result.output
 
@@ -124,6 +125,8 @@ def test_help_lists_the_knobs() -> None:
         (["fax"], "Invalid value"),
         (["intserv", "--unlist", "90"], "--unlist does not apply to intserv"),
         (["doorflow", "--unlist", "90,x"], "not a list of integers"),
+        (["doorflow", "--malformed-kinds", "nul,rot"], "malformed_kinds must be"),
+        (["doorflow", "--expired-key-status", "500"], "does not apply to doorflow"),
     ],
 )
 def test_usage_errors(args: list[str], message: str) -> None:

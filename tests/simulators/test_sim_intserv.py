@@ -345,3 +345,67 @@ def test_custom_systems_and_key() -> None:
     assert sim.api_key == "k"
     with pytest.raises(ValueError, match="unknown system"):
         sim.set_offline("abc123-001", True)
+
+
+# -- hardening knobs (issue 9) ---------------------------------------------------------
+
+
+def test_poison_kinds_are_served_as_such() -> None:
+    import json as stdjson
+
+    from syncd.simulators.faults import POISON_KINDS
+
+    with IntServSimulator(
+        seed=2, history=300, history_days=1, malformed_share=0.3, malformed_kinds=POISON_KINDS
+    ) as sim:
+        body = httpx.post(
+            f"{sim.base_url}/v1/events/list",
+            json={"limit": 1000, "from_date": "2000-01-01T00:00:00Z"},
+            headers={"Authorization": f"Bearer {sim.api_key}"},
+        ).content
+    assert b"\\u0000" in body
+    assert b"\\ud800" in body
+    events = stdjson.loads(body)["events"]
+    assert any(isinstance(e.get("sequence_id"), int) and e["sequence_id"] >= 2**63 for e in events)
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_expired_keys_get_the_status_asked_for(status: int) -> None:
+    clock = SimClock()
+    with IntServSimulator(
+        seed=2, history=50, history_days=1, clock=clock, continuation_ttl=10,
+        expired_key_status=status,
+    ) as sim:  # fmt: skip
+        headers = {"Authorization": f"Bearer {sim.api_key}"}
+        url = f"{sim.base_url}/v1/events/list"
+        first = httpx.post(url, json={"limit": 5}, headers=headers).json()
+        clock.advance(11)
+        for _ in range(2):  # every time it is sent
+            again = httpx.post(
+                url, json={"continuation_key": first["continuation_key"]}, headers=headers
+            )
+            assert again.status_code == status
+            assert again.json()["error"] == "continuation_key_expired"
+
+
+def test_current_least_sync_time_per_page_instead_of_the_pass_minimum() -> None:
+    def horizons(current: bool) -> list[str]:
+        clock = SimClock()
+        with IntServSimulator(
+            seed=2, history=50, history_days=1, clock=clock, offline=["abc123-002"],
+            report_current_least_sync_time=current,
+        ) as sim:  # fmt: skip
+            headers = {"Authorization": f"Bearer {sim.api_key}"}
+            url = f"{sim.base_url}/v1/events/list"
+            first = httpx.post(url, json={"limit": 5}, headers=headers).json()
+            clock.advance(60)
+            sim.set_offline("abc123-002", False)
+            second = httpx.post(
+                url, json={"continuation_key": first["continuation_key"]}, headers=headers
+            ).json()
+            return [first["least_sync_time"], second["least_sync_time"]]
+
+    minimum = horizons(current=False)
+    current = horizons(current=True)
+    assert minimum[1] == minimum[0]
+    assert current[1] > current[0]

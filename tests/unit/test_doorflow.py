@@ -10,6 +10,7 @@ watermark never goes backwards.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -222,12 +223,12 @@ def _record(key: int, at: datetime) -> EventRecord:
 def test_a_window_ends_after_a_whole_page_past_its_end() -> None:
     until = T0 + timedelta(hours=1)
     inside, past, later = _record(1, T0), _record(2, until), _record(3, until + timedelta(1))
-    assert past_window([past, later], until, 2)
-    assert not past_window([inside, past], until, 2)
-    assert not past_window([later, past], until, 2)  # newest first: the window is below
-    assert not past_window([past, past], until, 2)  # ties show no order
-    assert not past_window([past, later], until, 3)  # a rejected row is no evidence
-    assert not past_window([past, later], None, 2)
+    assert past_window([past, later], until)
+    assert not past_window([inside, past], until)
+    assert not past_window([later, past], until)  # newest first: the window is below
+    assert not past_window([past, past], until)  # ties show no order
+    assert not past_window([later], until)  # one row is no evidence
+    assert not past_window([past, later], None)
 
 
 # -- errors through the shared HTTP machinery ------------------------------------------
@@ -238,7 +239,7 @@ def _source_with(
 ) -> DoorFlowSource:
     settings_ = SourceConfig(
         name="hq", kind="doorflow", base_url="http://doorflow.test", token=Secret("t0ken"),
-        start=T0, max_retries=3, max_retry_wait=0.01, **config,
+        start=T0, **{"max_retries": 3, "max_retry_wait": 0.01, **config},
     )  # fmt: skip
     client = httpx.Client(base_url=settings_.base_url, transport=httpx.MockTransport(handler))
     return DoorFlowSource(settings_, client, SourceContext(codes=CODES))
@@ -249,16 +250,21 @@ def _drain(source: DoorFlowSource) -> list[Any]:
         return list(source.pages({}, T0 + timedelta(hours=1)))
 
 
-def test_429_waits_and_retries_with_either_hint() -> None:
+def test_429_waits_and_retries_with_either_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The waits asked for are asserted, not just survived: tenacity sleeps
+    # through time.sleep, which records them here instead of sleeping.
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
     answers = iter(
         [
-            httpx.Response(429, headers={"Retry-After": "0"}),
-            httpx.Response(429, json={"retry_in": 0.001}),
+            httpx.Response(429, headers={"Retry-After": "7"}),
+            httpx.Response(429, json={"retry_in": 11.5}),
             httpx.Response(200, json=[], headers={"Total": "0"}),
         ]
     )
-    pages = _drain(_source_with(lambda _r: next(answers)))
+    pages = _drain(_source_with(lambda _r: next(answers), max_retry_wait=60.0))
     assert len(pages) == 1
+    assert waits == [7.0, 11.5]
 
 
 def test_5xx_and_dropped_connections_are_retried_then_fail() -> None:
@@ -331,7 +337,7 @@ def test_oauth_refreshes_on_401_and_persists_the_rotated_token_first() -> None:
         name="hq", kind="doorflow", base_url="http://doorflow.test", oauth=oauth, start=T0
     )
     client = httpx.Client(base_url=settings_.base_url, transport=httpx.MockTransport(handler))
-    context = SourceContext(codes=CODES, save_refresh_token=saved.append)
+    context = SourceContext(codes=CODES, save_refresh_token=lambda t, _origin: saved.append(t))
     pages = _drain(DoorFlowSource(settings_, client, context))
     assert len(pages) == 1
     assert log[0] == "refresh"

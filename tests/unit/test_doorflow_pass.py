@@ -37,7 +37,15 @@ from syncd.db import migrate
 from syncd.db.engine import create_engine
 from syncd.db.schema import events, rejected_events
 from syncd.db.store import Store
-from syncd.engine import LiveCursor, PassResult, SourceRuntime, build_source, drive, run_pass
+from syncd.engine import (
+    LiveCursor,
+    NoCursor,
+    PassResult,
+    SourceRuntime,
+    build_source,
+    drive,
+    run_pass,
+)
 from syncd.reconcile import reconcile
 from syncd.sources.doorflow import LISTABLE_EVENT_CODES
 from tests.unit.doorflow_fake import T0, FakeDoorFlow, iso
@@ -484,3 +492,27 @@ def test_rejects_never_count_as_missing_nor_mask_a_missing_event(db: Store) -> N
     assert found.found == 1
     assert late in stored(store)
     assert found.requests < 40, found
+
+
+def test_a_reject_later_stored_valid_counts_once_and_masks_nothing(db: Store) -> None:
+    store = empty(db)
+    fake = FakeDoorFlow()
+    _history(fake, days=2, per_hour=10)
+    at = T0 + timedelta(hours=30)
+    fixed_later = fake.add_malformed(at)
+    config = replace(CONFIG, page_size=100)
+    now = T0 + timedelta(days=2)
+    assert (sync(store, fake, now, config) or pytest.fail("no result")).ok
+    assert fixed_later in rejected_ids(store)
+    # The vendor fixes the record; a webhook (or any re-read) stores it valid.
+    fake.events[fixed_later] = {**fake.events[fixed_later], "event_code": 10}
+    fake.events[fixed_later].pop("_sort_at")
+    with runtime(store, fake, config) as rt:
+        pages = rt.source.window_pages(at, at + timedelta(seconds=1), {}, now)
+        drive(store, "hq", pages, NoCursor())
+    assert fixed_later in stored(store)
+    # An event next to it goes missing locally: the stale reject must not hide it.
+    late = fake.add(at + timedelta(seconds=30))
+    report = _reconcile(store, fake, config, T0, now)
+    assert report.found == 1
+    assert late in stored(store)
