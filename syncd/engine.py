@@ -4,8 +4,9 @@ The engine knows nothing about any vendor. It asks the connector for pages and
 commits each page's rows with the cursor that follows them, so a pass stopped
 anywhere (exception, SIGKILL, power loss) resumes on the next run from the
 last committed page without losing or duplicating anything. The connector
-runs one page ahead in a thread (:mod:`syncd.prefetch`) so fetching overlaps
-writing; memory holds a couple of pages, whatever the backlog.
+runs a few pages ahead in a thread (:mod:`syncd.prefetch`) so fetching
+overlaps writing, and the pages that arrived during one commit go into the
+next one together; memory holds a few pages, whatever the backlog.
 
 Three shapes of work share one loop, :func:`drive`: the live pass (pages
 commit with the live cursor, ``sync_state.cursor``), a backfill window (pages
@@ -39,7 +40,7 @@ from syncd import __version__
 from syncd.config import SourceConfig
 from syncd.db.store import SourceState, Store, WriteResult
 from syncd.errors import SourceError, WaitInterrupted
-from syncd.prefetch import prefetched
+from syncd.prefetch import prefetched_batches
 from syncd.sources import source_class
 from syncd.sources.base import Page, Source, SourceContext
 from syncd.sources.http import RetryHooks
@@ -194,6 +195,18 @@ class Progress:
     stopped: bool = False
 
 
+# A commit unit: the pages already fetched while the last commit ran, up to
+# this many rows. A cold load (the database is the slower side) commits
+# several pages per transaction, paying the per-transaction round trips once
+# for all of them; a pass that is caught up (the vendor is the slower side)
+# commits each page as soon as it arrives. No page ever waits for a later one,
+# so the time a fetched row waits for its commit stays bounded by one commit.
+COMMIT_ROWS = 5_000
+# Pages fetched ahead at most: memory holds these, the unit being written and
+# the page being built, whatever the backlog.
+PREFETCH_PAGES = 4
+
+
 def drive(
     store: Store,
     source: str,
@@ -203,24 +216,33 @@ def drive(
     clock: Clock = utcnow,
     stop: threading.Event | None = None,
     on_page: Callable[[Page, WriteResult], None] | None = None,
+    commit_rows: int = COMMIT_ROWS,
 ) -> Progress:
-    """Commit ``pages`` one transaction each, rows with the sink's position.
+    """Commit ``pages`` in order, rows with the sink's position after them.
 
-    ``stop`` is checked between pages: when set, the loop ends after the
-    page in hand is committed. Exceptions propagate; everything committed
+    Pages are committed in units (:data:`COMMIT_ROWS`): one transaction holds
+    one or more consecutive pages and the position after the last of them,
+    so every row still commits together with a cursor that covers it.
+    ``on_page`` is called once per commit, with the unit as one page.
+    ``stop`` is checked between commits: when set, the loop ends after the
+    unit in hand is committed. Exceptions propagate; everything committed
     before them stays.
     """
     total = WriteResult()
     count = 0
-    for page in prefetched(pages):
+    for unit in prefetched_batches(
+        pages, depth=PREFETCH_PAGES, limit=commit_rows, weight=_page_rows
+    ):
+        page = _joined(unit)
         written = store.write_page(
             source, page.records, page.rejected, page.cursor, clock(), sink=sink
         )
         total += written
-        count += 1
+        count += len(unit)
         log.info(
             "page_committed",
             source=source,
+            pages=len(unit),
             rows=len(page.records),
             inserted=written.inserted,
             updated=written.updated,
@@ -233,6 +255,21 @@ def drive(
             log.info("pass_stopping", source=source, reason="stop requested")
             return Progress(total, count, stopped=True)
     return Progress(total, count)
+
+
+def _page_rows(page: Page) -> int:
+    return len(page.records) + len(page.rejected)
+
+
+def _joined(unit: list[Page]) -> Page:
+    """Consecutive pages as one: their rows, and the position after the last."""
+    if len(unit) == 1:
+        return unit[0]
+    return Page(
+        [record for page in unit for record in page.records],
+        [item for page in unit for item in page.rejected],
+        unit[-1].cursor,
+    )
 
 
 # -- the live pass ---------------------------------------------------------------

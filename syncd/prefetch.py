@@ -1,21 +1,28 @@
-"""Run a page generator one page ahead, in a thread of its own.
+"""Run a page generator ahead of its consumer, in a thread of its own.
 
-While the engine commits page N (the database works, Python waits), the
-connector already fetches and normalizes page N+1 (the vendor works, Python
-parses). Memory stays bounded: one page being written, at most ``depth``
-waiting, one being built.
+While the engine commits (the database works, Python waits), the connector
+already fetches and normalizes the next pages (the vendor works, Python
+parses). Memory stays bounded: what is being written, at most ``depth``
+items waiting, one being built.
 
-Cursor safety does not change: page N+1's cursor is only committed after page
-N's, by the consumer, in order. A page fetched ahead and never committed (the
-pass failed or stopped) is simply fetched again next time.
+:func:`prefetched_batches` hands the consumer everything that is already
+waiting (at least one item, up to a weight limit) in one go, so a consumer
+that writes slower than the producer reads commits several pages at once,
+and one that keeps up commits each page as soon as it arrives: a page never
+waits for a later one.
+
+Cursor safety does not change: items reach the consumer in order, and a
+page's cursor is only committed with or after every page before it. A page
+fetched ahead and never committed (the pass failed or stopped) is simply
+fetched again next time.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -32,6 +39,29 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
 
     An exception raised by ``items`` is re-raised here, at the point it was
     reached. Closing this iterator early closes ``items`` in its thread.
+    """
+    batches = prefetched_batches(items, depth=depth, limit=1)
+    try:
+        for batch in batches:
+            yield from batch
+    finally:
+        batches.close()
+
+
+def prefetched_batches(
+    items: Iterator[T],
+    *,
+    depth: int,
+    limit: int,
+    weight: Callable[[T], int] = lambda _item: 1,
+) -> Generator[list[T], None, None]:
+    """Yield ``items`` in order, in lists of whatever the producer has ready.
+
+    Each list holds at least one item; more are added, without waiting, while
+    they are already produced and the list's total ``weight`` stays within
+    ``limit``. At most ``depth`` items wait in between. Errors and early close
+    behave as in :func:`prefetched`: an error raised by ``items`` comes after
+    the items produced before it.
     """
     buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -60,14 +90,37 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
 
     thread = threading.Thread(target=produce, name="syncd-prefetch", daemon=True)
     thread.start()
+    held: object = None  # an item taken from the buffer that did not fit the last list
     try:
         while True:
-            item = buffer.get()
-            if item is _END:
-                return
+            item = buffer.get() if held is None else held
             if isinstance(item, _Failed):
                 raise item.error
-            yield item  # type: ignore[misc]
+            if item is _END:
+                return
+            batch, held = _fill(buffer, cast(T, item), limit, weight)
+            yield batch
     finally:
         stop.set()
         thread.join()
+
+
+def _fill(
+    buffer: queue.Queue[object], first: T, limit: int, weight: Callable[[T], int]
+) -> tuple[list[T], object]:
+    """``first`` and what else is already waiting, within ``limit``; and the item held back."""
+    batch = [first]
+    total = weight(first)
+    while total < limit:
+        try:
+            item = buffer.get_nowait()
+        except queue.Empty:
+            return batch, None
+        if item is _END or isinstance(item, _Failed):
+            return batch, item  # handed on after the items before it
+        size = weight(item)  # type: ignore[arg-type]
+        if total + size > limit:
+            return batch, item
+        batch.append(item)  # type: ignore[arg-type]
+        total += size
+    return batch, None

@@ -1,0 +1,76 @@
+"""Smoke test of ``bench/compare.py``: every contender runs, loads every event, is reported.
+
+Small (5,000 events) so it fits in CI; the figures themselves are not
+checked, only that the benchmark still measures what it claims: each
+contender's table verified (the script exits non-zero otherwise), a row per
+contender with its vendor requests, and the ratios.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def admin_url() -> str:
+    url = os.environ.get("SYNCD_TEST_DATABASE_URL")
+    in_ci = bool(os.environ.get("CI"))
+    if not url:
+        if in_ci:
+            pytest.fail("SYNCD_TEST_DATABASE_URL is not set: the benchmark smoke test runs in CI")
+        pytest.skip("no PostgreSQL (set SYNCD_TEST_DATABASE_URL or run scripts/test)")
+    if importlib.util.find_spec("dlt") is None:
+        if in_ci:
+            pytest.fail("dlt is not installed: scripts/test installs the bench extra")
+        pytest.skip("dlt is not installed (pip install -e '.[bench]')")
+    return url
+
+
+def compare(admin_url: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--database-url", admin_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def row(output: str, name: str) -> list[str]:
+    match = re.search(rf"^{name} +(.*)$", output, re.MULTILINE)
+    assert match is not None, output
+    return match.group(1).split()
+
+
+def test_doorflow_every_contender_loads_every_event(admin_url: str) -> None:
+    output = compare(admin_url, "--events", "5000")
+    assert re.search(r"cold sync of [\d,]+ doorflow events", output)
+    for name in ("download", "floor", "dlt", "syncd"):
+        seconds, _rate, _cpu, _db_cpu, rss, requests = row(output, name)
+        assert float(seconds) > 0
+        assert float(rss) > 0
+        # 5 pages of 1000; dlt's page-number paging stops on an empty page.
+        assert int(requests) == (6 if name == "dlt" else 5), output
+    assert re.search(r"^syncd / dlt: \d+\.\d\dx events/s$", output, re.MULTILINE)
+    assert re.search(r"^syncd / floor: \d+\.\d\dx events/s$", output, re.MULTILINE)
+
+
+def test_intserv_dlt_with_continuation_keys(admin_url: str) -> None:
+    output = compare(admin_url, "--events", "3000", "--kind", "intserv", "--only", "dlt,syncd")
+    assert "cold sync of 3,000 intserv events" in output  # IntServ lists every event
+    assert int(row(output, "dlt")[-1]) == 3
+    assert int(row(output, "syncd")[-1]) == 3
+    assert "syncd / dlt:" in output
