@@ -22,7 +22,7 @@ from syncd.db import migrate
 from syncd.db.engine import create_engine
 from syncd.db.store import Store
 
-TABLES = ("events", "sync_state", "rejected_events")
+TABLES = ("events", "sync_state", "rejected_events", "backfill_windows")
 
 
 def _admin_dsn(url: str) -> str:
