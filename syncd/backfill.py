@@ -12,8 +12,11 @@ local clock does (a DST change makes no 23- or 25-hour window).
 
 Overlap reuse: a window of a new backfill whose span is covered by the union
 of finished windows of *any* backfill of the same source is marked done
-without a request (``reused``). Partly covered windows are read in full: the
-upsert makes the overlap harmless, and reads stay whole windows.
+without a request (``reused``), provided they finished after their end (a
+window read while still open cannot vouch for what came later). Partly
+covered windows are read in full: the upsert makes the overlap harmless, and
+reads stay whole windows. Events a vendor receives late, after a window was
+read, are not a backfill's to find: that is ``syncd reconcile``'s job.
 
 The live cursor (``sync_state``) is never read nor written; a backfill holds
 its own lock (:meth:`Store.backfill_lock`), so it runs beside ``syncd sync``
@@ -270,8 +273,12 @@ def _locked(
 ) -> BackfillReport:
     started = time.perf_counter()
     name = config.name
-    backfills.plan(store, name, since, until, spans, clock())
     rows = backfills.windows_of(store, name, since, until)
+    if not rows:
+        backfills.plan(store, name, since, until, spans, clock())
+        rows = backfills.windows_of(store, name, since, until)
+    elif [(row.start, row.end) for row in rows] != spans:
+        _check_same_plan(rows, step)
     done_before = sum(1 for row in rows if row.done)
     reused = _reuse(store, name, since, until, rows, clock())
     rows = backfills.windows_of(store, name, since, until) if reused else rows
@@ -302,6 +309,23 @@ def _locked(
             if on_window is not None:
                 on_window(WindowDone(row.start, row.end, report.events, reused=False))
     return _finished(report, started)
+
+
+def _check_same_plan(rows: list[WindowRow], step: timedelta) -> None:
+    """A backfill is (source, since, until): its stored windows are its plan.
+
+    Rerun with another ``--window`` while unfinished, it would mix two
+    plans; finished, there is nothing left to do whatever the window.
+    """
+    if all(row.done for row in rows):
+        return
+    first = rows[0]
+    planned = format_window(first.end - first.start)
+    raise SyncdError(
+        f"the unfinished backfill of {first.source} from {_iso(first.since)} to "
+        f"{_iso(first.until)} has {planned} windows, not {format_window(step)}: "
+        f"rerun it with --window {planned}"
+    )
 
 
 def _reuse(

@@ -116,10 +116,14 @@ def windows_of(store: Store, source: str, since: datetime, until: datetime) -> l
 
 
 def done_spans(store: Store, source: str, since: datetime, until: datetime) -> list[Span]:
-    """Finished windows of ``source`` (any backfill) that overlap ``[since, until)``."""
+    """Finished windows of ``source`` (any backfill) that overlap ``[since, until)``.
+
+    Only windows finished after they ended: one read while it was still open
+    (``--until`` in the future) cannot vouch for events that came later.
+    """
     query = sa.select(bw.c.window_start, bw.c.window_end).where(
         bw.c.source == source,
-        bw.c.done_at.is_not(None),
+        bw.c.done_at >= bw.c.window_end,
         bw.c.window_start < until,
         bw.c.window_end > since,
     )

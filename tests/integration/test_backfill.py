@@ -28,6 +28,7 @@ from syncd.db import backfills
 from syncd.db.schema import backfill_windows, events, sync_state
 from syncd.db.store import Store
 from syncd.engine import run_pass
+from syncd.errors import SyncdError
 from syncd.simulators import DoorFlowSimulator, Faults, IntServSimulator, SimClock
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -157,6 +158,44 @@ def test_an_overlapping_backfill_reuses_windows_that_finished_ones_cover(store: 
         assert report.reused == report.total - 2 == 9
         assert 0 < sim.stats["requests"] - requests <= 6
         assert_range_matches_truth(store, sim, SINCE, later)
+
+
+def test_a_window_finished_before_it_ended_is_not_reused(store: Store) -> None:
+    clock = SimClock(start=START)  # 12:00
+    with doorflow(clock=clock) as sim:
+        config = doorflow_config(sim)
+        until = START + timedelta(hours=3)  # the last 6 h window, [11:00, 15:00), is still open
+        first = run_backfill(store, config, SINCE, until, parse_window("6h"), clock=clock.now)
+        assert first.complete
+        clock.advance(5400)
+        sim.generate(50)  # at 13:30: events the first backfill could not see
+        # 3 h windows from 08:00: all inside finished 6 h windows, but
+        # [11:00, 14:00) and [14:00, 15:00) only inside one that finished open.
+        since = SINCE + timedelta(hours=3)
+        later = run_backfill(store, config, since, until, parse_window("3h"), clock=clock.now)
+        assert later.complete
+        assert later.loaded == 2
+        assert later.reused == later.total - 2
+        assert_range_matches_truth(store, sim, SINCE, until)
+
+
+def test_an_unfinished_backfill_rerun_with_another_window_is_one_clear_error(
+    store: Store,
+) -> None:
+    with doorflow() as sim:
+        config = doorflow_config(sim)
+        stop = threading.Event()
+        stop.set()  # stops after the first page: unfinished
+        run_backfill(store, config, SINCE, UNTIL, parse_window("1d"), stop=stop)
+        planned = window_rows(store)
+        with pytest.raises(SyncdError, match="has 1d windows, not 6h: rerun it with --window 1d"):
+            run_backfill(store, config, SINCE, UNTIL, parse_window("6h"))
+        assert window_rows(store) == planned  # the plan is not mixed with another
+        assert run_backfill(store, config, SINCE, UNTIL, parse_window("1d")).complete
+        # Finished, another window has nothing left to do.
+        requests = sim.stats["requests"]
+        assert run_backfill(store, config, SINCE, UNTIL, parse_window("6h")).complete
+        assert sim.stats["requests"] == requests
 
 
 def test_a_range_with_no_events_finishes_every_window(store: Store) -> None:
