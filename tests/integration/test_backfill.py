@@ -29,7 +29,9 @@ from syncd.db.schema import backfill_windows, events, sync_state
 from syncd.db.store import Store
 from syncd.engine import run_pass
 from syncd.errors import SyncdError
+from syncd.records import parse_time
 from syncd.simulators import DoorFlowSimulator, Faults, IntServSimulator, SimClock
+from syncd.sources.intserv import canonical_time
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SINCE = datetime(2026, 5, 29, 5, 0, tzinfo=UTC)  # 05:00, not midnight
@@ -94,6 +96,24 @@ def assert_range_matches_truth(
     ]
     assert not stale, f"{len(stale)} rows stale, e.g. {stale[:5]}"
     return len(wanted)
+
+
+def assert_intserv_range_matches_truth(
+    store: Store, sim: IntServSimulator, since: datetime, until: datetime
+) -> None:
+    everything = {
+        f"{system}|{canonical_time(parse_time(when, 'event_time'))}|{seq}": event
+        for (system, when, seq), event in sim.truth().items()
+    }
+    wanted = {k for k, e in everything.items() if since <= parse(e["event_time"]) < until}
+    assert wanted, "the range holds no events: the test lost its teeth"
+    table = stored(store)
+    missing = sorted(wanted - table.keys())
+    extra = sorted(table.keys() - everything.keys())
+    assert not missing, f"{len(missing)} events of the range missing, e.g. {missing[:3]}"
+    assert not extra, f"{len(extra)} rows the vendor does not have, e.g. {extra[:3]}"
+    stale = [k for k in wanted if table[k].payload != everything[k]]
+    assert not stale, f"{len(stale)} rows differ from the vendor's, e.g. {stale[:3]}"
 
 
 def live_state(store: Store) -> list[Any]:
@@ -279,16 +299,7 @@ def test_intserv_backfill_equals_truth_for_its_range(store: Store) -> None:
         )  # fmt: skip
         report = run_backfill(store, config, SINCE, UNTIL, parse_window("12h"))
         assert report.complete
-        truth = {
-            f"{s}|{parse(t).isoformat()}|{q}": e
-            for (s, t, q), e in sim.truth().items()
-            if SINCE <= parse(t) < UNTIL
-        }
-        table = stored(store)
-        assert truth
-        got = {k for k, row in table.items() if SINCE <= row.occurred_at < UNTIL}
-        assert len(got) == len(truth)
-        assert all(row.payload in list(truth.values()) for row in list(table.values())[:50])
+        assert_intserv_range_matches_truth(store, sim, SINCE, UNTIL)
         assert live_state(store) == []  # never read nor written sync_state
 
 
@@ -330,16 +341,17 @@ def test_a_backfill_beside_live_passes_loses_and_duplicates_nothing(pg_store: St
 # -- the command line: SIGKILL, interrupts, one-line errors ---------------------------
 
 
-def write_config(tmp_path: Path, sim: DoorFlowSimulator) -> Path:
+def write_config(tmp_path: Path, sim: DoorFlowSimulator | IntServSimulator) -> Path:
+    doorflow = isinstance(sim, DoorFlowSimulator)
     path = tmp_path / "syncd.toml"
     path.write_text(
         "\n".join(
             [
                 "[[sources]]",
                 'name = "hq"',
-                'kind = "doorflow"',
+                f'kind = "{"doorflow" if doorflow else "intserv"}"',
                 f'base_url = "{sim.base_url}"',
-                'token_env = "DOORFLOW_TOKEN"',
+                'token_env = "DOORFLOW_TOKEN"' if doorflow else 'api_key_env = "INTSERV_KEY"',
                 "page_size = 50",
                 "max_retries = 10",
                 "max_retry_wait = 0.05",
@@ -355,13 +367,58 @@ def backfill_cmd(config: Path, url: str, *args: str) -> list[str]:
             "backfill", "--source", "hq", *args]  # fmt: skip
 
 
-def environment(sim: DoorFlowSimulator) -> dict[str, str]:
+def environment(sim: DoorFlowSimulator | IntServSimulator) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-    return {**env, "DOORFLOW_TOKEN": sim.token}
+    if isinstance(sim, DoorFlowSimulator):
+        return {**env, "DOORFLOW_TOKEN": sim.token}
+    return {**env, "INTSERV_KEY": sim.api_key}
 
 
 def iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
+
+
+def kill_and_rerun_until_done(
+    pg_store: Store, sim: DoorFlowSimulator | IntServSimulator, args: list[str], seed: int
+) -> subprocess.CompletedProcess[str]:
+    """SIGKILL the backfill at random points after it committed something, then rerun to 0."""
+    rng = random.Random(seed)
+    killed = 0
+    for _ in range(4):
+        before = len(stored(pg_store))
+        process = subprocess.Popen(args, env=environment(sim), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(stored(pg_store)) == before and process.poll() is None:
+            assert time.monotonic() < deadline, "backfill committed nothing in 60 s"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        process.communicate()
+    assert killed >= 2, "the backfill ended before it could be killed"
+    for _ in range(5):
+        finished = subprocess.run(args, env=environment(sim), capture_output=True, text=True,
+                                  timeout=180, check=False)  # fmt: skip
+        if finished.returncode == 0:
+            return finished
+    raise AssertionError(finished.stderr)
+
+
+def test_intserv_sigkilled_and_rerun_until_exit_0_equals_the_truth(
+    pg_store: Store, pg_url: str, tmp_path: Path
+) -> None:
+    clock = SimClock(start=START)
+    faults = Faults(latency=0.01, server_errors=0.03, seed=5)
+    with IntServSimulator(seed=4, history=5000, history_days=3, clock=clock, faults=faults) as sim:
+        config = write_config(tmp_path, sim)
+        args = backfill_cmd(config, pg_url, "--since", iso(SINCE), "--until", iso(UNTIL),
+                            "--window", "6h")  # fmt: skip
+        finished = kill_and_rerun_until_done(pg_store, sim, args, seed=3)
+        assert "10 windows of 6h" in finished.stdout
+        assert_intserv_range_matches_truth(pg_store, sim, SINCE, UNTIL)
+        assert live_state(pg_store) == []
 
 
 def test_sigkilled_at_random_points_and_rerun_until_exit_0_equals_the_truth(
@@ -371,27 +428,7 @@ def test_sigkilled_at_random_points_and_rerun_until_exit_0_equals_the_truth(
         config = write_config(tmp_path, sim)
         args = backfill_cmd(config, pg_url, "--since", iso(SINCE), "--until", iso(UNTIL),
                             "--window", "6h")  # fmt: skip
-        rng = random.Random(8)
-        killed = 0
-        for _ in range(4):
-            before = len(stored(pg_store))
-            process = subprocess.Popen(args, env=environment(sim), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)  # fmt: skip
-            deadline = time.monotonic() + 60
-            while len(stored(pg_store)) == before and process.poll() is None:
-                assert time.monotonic() < deadline, "backfill committed nothing in 60 s"
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                killed += 1
-            process.communicate()
-        assert killed >= 2, "the backfill ended before it could be killed"
-        for _ in range(5):
-            finished = subprocess.run(args, env=environment(sim), capture_output=True, text=True,
-                                      timeout=180, check=False)  # fmt: skip
-            if finished.returncode == 0:
-                break
+        finished = kill_and_rerun_until_done(pg_store, sim, args, seed=8)
         assert finished.returncode == 0, finished.stderr
         assert "10 windows of 6h" in finished.stdout
         assert_range_matches_truth(pg_store, sim, SINCE, UNTIL)

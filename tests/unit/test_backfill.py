@@ -123,3 +123,32 @@ def test_counted_wraps_each_position_with_its_page_size() -> None:
         {"position": {"pass": {"page": 2}}, "events": 0},
         {"position": {"done": True}, "events": 0},
     ]
+
+
+def test_the_progress_bar_shows_windows_events_rate_and_eta() -> None:
+    import io
+
+    from rich.console import Console
+
+    from syncd.backfill import WindowDone
+    from syncd.backfill_progress import ProgressBar
+    from syncd.db.backfills import WindowRow
+
+    out = io.StringIO()
+    bar = ProgressBar("hq", Console(file=out, force_terminal=True, width=160))
+    rows = [
+        WindowRow("hq", T0, T0 + timedelta(days=2), T0 + timedelta(days=i),
+                  T0 + timedelta(days=i + 1), {}, 0, False, T0, T0 if i == 0 else None)
+        for i in range(2)
+    ]  # fmt: skip
+    bar.start()
+    bar.plan(rows)
+    bar.page(Page([], [], {"position": {"done": True}, "events": 1234}))
+    bar.window(WindowDone(T0 + timedelta(days=1), T0 + timedelta(days=2), 1234, reused=False))
+    bar.stop()
+    text = out.getvalue()
+    assert "backfill hq" in text
+    assert "2/2" in text  # one done before, one now
+    assert "1234 events" in text
+    assert "events/s" in text
+    assert "ETA" in text
