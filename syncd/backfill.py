@@ -221,7 +221,11 @@ def resolve_until(
     return backfills.unfinished_until(store, source, since) or now
 
 
-class BackfillLocked(SyncdError):
+class BackfillRefused(SyncdError):
+    """The backfill did not start: nothing was read, nothing to resume."""
+
+
+class BackfillLocked(BackfillRefused):
     """Another backfill of this source holds its backfill lock."""
 
 
@@ -321,7 +325,7 @@ def _check_same_plan(rows: list[WindowRow], step: timedelta) -> None:
         return
     first = rows[0]
     planned = format_window(first.end - first.start)
-    raise SyncdError(
+    raise BackfillRefused(
         f"the unfinished backfill of {first.source} from {_iso(first.since)} to "
         f"{_iso(first.until)} has {planned} windows, not {format_window(step)}: "
         f"rerun it with --window {planned}"

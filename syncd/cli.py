@@ -288,7 +288,7 @@ def _run_backfill(
     import signal
     import threading
 
-    from syncd.backfill import run_backfill
+    from syncd.backfill import BackfillRefused, run_backfill
     from syncd.backfill_progress import ProgressBar
     from syncd.engine import describe_error
 
@@ -315,6 +315,8 @@ def _run_backfill(
             on_page=bar.page if bar else None,
             on_window=bar.window if bar else None,
         )  # fmt: skip
+    except BackfillRefused:
+        raise  # its own line says what to do
     except SyncdError as exc:
         raise SyncdError(
             f"backfill of {config.name} failed: {describe_error(exc)}; rerun to resume: {resume}"

@@ -560,6 +560,23 @@ def test_bad_arguments_are_one_clear_line(
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_backfill_of_a_source_is_one_line_exit_1(sqlite_url: str, tmp_path: Path) -> None:
+    from syncd.db.engine import create_engine
+
+    with doorflow(history=10) as sim:
+        config = write_config(tmp_path, sim)
+        store = Store(create_engine(sqlite_url))
+        with store.backfill_lock("hq") as held:
+            assert held
+            args = backfill_cmd(config, sqlite_url, "--since", iso(SINCE), "--until", iso(UNTIL))
+            result = subprocess.run(args, env=environment(sim), capture_output=True, text=True,
+                                    timeout=60, check=False)  # fmt: skip
+        store.engine.dispose()
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line == "syncd: another syncd backfill of hq is running; wait for it or stop it first"
+
+
 def test_a_vendor_outage_is_one_line_exit_1_and_a_rerun_resumes(
     sqlite_url: str, tmp_path: Path
 ) -> None:
