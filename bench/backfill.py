@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sync_doorflow import (  # noqa: E402
+from sync_doorflow import (
     DEFAULT_URL,
     START,
     Run,
