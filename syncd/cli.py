@@ -12,12 +12,13 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 import sqlalchemy as sa
+import structlog
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
@@ -27,6 +28,7 @@ from syncd.simulators.cli import simulate
 if TYPE_CHECKING:
     from syncd.bi_role import RoleRecipe
     from syncd.config import SourceConfig
+    from syncd.db.backfills import BackfillSummary
     from syncd.db.store import Store
     from syncd.engine import PassResult
 
@@ -268,6 +270,117 @@ def _guarded_pass(
         return PassResult(source.name, ok=False, error=message)
 
 
+@cli.command()
+@click.option("--source", "name", required=True, metavar="NAME", help="The source to load.")
+@click.option("--since", required=True, metavar="ISO", help="Start of the history (inclusive).")
+@click.option(
+    "--until",
+    metavar="ISO",
+    help="End (exclusive; default: the unfinished backfill's from --since, else now).",
+)
+@click.option(
+    "--window",
+    default="1d",
+    show_default=True,
+    metavar="DURATION",
+    help="Window length aligned to --since, in UTC: 1d, 6h, 90m, 3600s.",
+)
+@pass_context
+def backfill(ctx: Context, name: str, since: str, until: str | None, window: str) -> None:
+    """Load history in windows, resumable, beside the live sync (never moves its cursor)."""
+    from syncd.backfill import parse_window, resolve_until, windows
+    from syncd.db.store import Store
+    from syncd.engine import utcnow
+
+    since_at = _parse_instant(since, "--since")
+    assert since_at is not None
+    until_given = _parse_instant(until, "--until")
+    step = parse_window(window)
+    config = ctx.settings.source(name)
+    if until_given is not None:
+        windows(since_at, until_given, step)  # a bad range is one line before any I/O
+    store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    until_at = resolve_until(store, name, since_at, until_given, utcnow())
+    windows(since_at, until_at, step)
+    resume = _resume_command(ctx, name, since_at, until_at, window)
+    _run_backfill(store, config, since_at, until_at, step, resume)
+
+
+def _resume_command(ctx: Context, name: str, since: datetime, until: datetime, window: str) -> str:
+    """The exact command that resumes this backfill (the database URL is not repeated)."""
+    import shlex
+
+    parts = ["syncd"]
+    if ctx.config_path:
+        parts += ["--config", ctx.config_path]
+    parts += ["backfill", "--source", name, "--since", _iso(since) or ""]
+    parts += ["--until", _iso(until) or "", "--window", window]
+    return shlex.join(parts)
+
+
+def _run_backfill(
+    store: Store,
+    config: SourceConfig,
+    since: datetime,
+    until: datetime,
+    step: timedelta,
+    resume: str,
+) -> None:
+    import logging
+    import os
+    import signal
+    import threading
+
+    from syncd.backfill import BackfillRefused, run_backfill
+    from syncd.backfill_progress import ProgressBar
+    from syncd.engine import describe_error
+
+    root = click.get_current_context().find_root().params
+    tty = sys.stderr.isatty()
+    if not tty and root.get("log_level") is None and not os.environ.get("SYNCD_LOG_LEVEL"):
+        # Off a terminal the progress is log lines: backfill's own events at
+        # info, everything else at the one-shot commands' error level.
+        logging.getLogger("syncd.backfill.progress").setLevel(logging.INFO)
+    stop = threading.Event()
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: now
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    bar = ProgressBar(config.name) if tty else None
+    try:
+        if bar is not None:
+            bar.start()
+        report = run_backfill(
+            store, config, since, until, step, stop=stop,
+            on_plan=bar.plan if bar else None,
+            on_page=bar.page if bar else None,
+            on_window=bar.window if bar else None,
+        )  # fmt: skip
+    except BackfillRefused:
+        raise  # its own line says what to do
+    except SyncdError as exc:
+        raise SyncdError(
+            f"backfill of {config.name} failed: {describe_error(exc)}; rerun to resume: {resume}"
+        ) from exc
+    except Exception as exc:  # a bug or the database: one line, details in the log
+        structlog.get_logger("syncd.backfill").warning(
+            "backfill_failed", source=config.name, error=describe_error(exc), exc_info=True
+        )
+        raise SyncdError(
+            f"backfill of {config.name} failed: {describe_error(exc)}; rerun to resume: {resume}"
+        ) from exc
+    finally:
+        if bar is not None:
+            bar.stop()
+        signal.signal(signal.SIGINT, previous)
+    click.echo(report.summary())
+    if report.stopped and not report.complete:
+        click.echo(f"syncd: backfill of {config.name} interrupted; to resume: {resume}", err=True)
+        raise SystemExit(1)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
@@ -408,10 +521,35 @@ def status(ctx: Context, as_json: bool) -> None:
                 "cursor": state.cursor if state else {},
             }
         )
+    from syncd.db.backfills import summaries
+
+    loads = summaries(store)
     if as_json:
-        click.echo(orjson.dumps({"sources": rows}, option=orjson.OPT_INDENT_2).decode())
+        document = {"sources": rows, "backfills": [b.to_json() for b in loads]}
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     _print_status(rows)
+    _print_backfills(loads)
+
+
+def _print_backfills(loads: list[BackfillSummary], shown: int = 10) -> None:
+    """One line per backfill; an unfinished one's open windows (the first ``shown``)."""
+    for load in loads:
+        state = "done" if load.done else "in progress"
+        click.echo(
+            f"backfill {load.source} {_iso(load.since)} .. {_iso(load.until)}: {state}, "
+            f"{load.windows_done}/{load.windows_total} windows, {load.events} events, "
+            f"updated {(_iso(load.updated_at) or '')[:19].replace('T', ' ')}"
+        )
+        open_windows = [w for w in load.windows if not w.done]
+        for window in open_windows[:shown]:
+            where = "resumes inside" if window.position else "not started"
+            click.echo(
+                f"  window {_iso(window.start)} .. {_iso(window.end)}: {where}, "
+                f"{window.events} events so far"
+            )
+        if len(open_windows) > shown:
+            click.echo(f"  ... and {len(open_windows) - shown} more windows to load")
 
 
 def _print_status(rows: list[dict[str, Any]]) -> None:

@@ -22,7 +22,14 @@ from syncd.db import migrate
 from syncd.db.engine import create_engine
 from syncd.db.store import Store
 
-TABLES = ("events", "sync_state", "rejected_events", "sources", "source_local_days")
+TABLES = (
+    "events",
+    "sync_state",
+    "rejected_events",
+    "sources",
+    "source_local_days",
+    "backfill_windows",
+)
 
 
 def _admin_dsn(url: str) -> str:

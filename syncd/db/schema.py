@@ -175,3 +175,24 @@ source_local_days = sa.Table(
 # ix_events_source_utc_date (PostgreSQL, migration 0003): events by source and
 # UTC date, the equality the BI views join the calendar on.
 MIGRATION_ONLY_INDEXES = frozenset({"ix_events_source_utc_date"})
+
+# One row per window of a backfill; a backfill is identified by (source, since,
+# until) and is the set of its windows. ``position`` is the connector's place
+# inside the window (committed with each page), ``done_at`` marks it finished
+# and ``reused`` says it was finished by covering windows of another backfill.
+backfill_windows = sa.Table(
+    "backfill_windows",
+    metadata,
+    sa.Column("source", sa.Text(), primary_key=True),
+    sa.Column("since", UTCDateTime(), primary_key=True),
+    sa.Column("until", UTCDateTime(), primary_key=True),
+    sa.Column("window_start", UTCDateTime(), primary_key=True),
+    sa.Column("window_end", UTCDateTime(), nullable=False),
+    sa.Column("position", JSONDocument, nullable=False),
+    sa.Column("events", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("reused", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("done_at", UTCDateTime()),
+    sa.Index("ix_backfill_windows_source_window_start", "source", "window_start"),
+)

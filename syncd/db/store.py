@@ -190,7 +190,7 @@ class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._local_locks: dict[str, threading.Lock] = {}
+        self._local_locks: dict[tuple[str, str], threading.Lock] = {}
         self._local_locks_guard = threading.Lock()
         # PostgreSQL: the connection holding each source's advisory lock, per
         # holding thread, so that thread's page writes can check it is alive.
@@ -604,16 +604,30 @@ class Store:
         beside the database (released by the kernel on death), plus a
         thread lock for in-memory databases.
         """
+        with self._lock("source", source) as acquired:
+            yield acquired
+
+    @contextmanager
+    def backfill_lock(self, source: str) -> Iterator[bool]:
+        """Like :meth:`source_lock`, but the backfill's own: a key of its own.
+
+        Two backfills of one source never run at once, while a backfill and a
+        live pass of that source do: they meet in the idempotent upsert.
+        """
+        with self._lock("backfill", source) as acquired:
+            yield acquired
+
+    @contextmanager
+    def _lock(self, namespace: str, source: str) -> Iterator[bool]:
         if self.dialect == "postgresql":
-            with self._advisory_lock(source) as acquired:
+            with self._advisory_lock(lock_key(source, namespace), source) as acquired:
                 yield acquired
         else:
-            with self._file_lock(source) as acquired:
+            with self._file_lock(namespace, source) as acquired:
                 yield acquired
 
     @contextmanager
-    def _advisory_lock(self, source: str) -> Iterator[bool]:
-        key = lock_key(source)
+    def _advisory_lock(self, key: int, source: str) -> Iterator[bool]:
         holder = (source, threading.get_ident())
         with self.engine.connect() as conn:
             acquired = bool(
@@ -652,14 +666,14 @@ class Store:
             ) from exc
 
     @contextmanager
-    def _file_lock(self, source: str) -> Iterator[bool]:
+    def _file_lock(self, namespace: str, source: str) -> Iterator[bool]:
         with self._local_locks_guard:
-            local = self._local_locks.setdefault(source, threading.Lock())
+            local = self._local_locks.setdefault((namespace, source), threading.Lock())
         if not local.acquire(blocking=False):
             yield False
             return
         try:
-            path = self._lock_path(source)
+            path = self._lock_path(namespace, source)
             if path is None:
                 yield True
                 return
@@ -678,11 +692,13 @@ class Store:
         finally:
             local.release()
 
-    def _lock_path(self, source: str) -> Path | None:
+    def _lock_path(self, namespace: str, source: str) -> Path | None:
         database = self.engine.url.database
         if not database or database == ":memory:":
             return None
-        return Path(f"{database}.{source}.lock")
+        # The live lock keeps its original file name (running daemons use it).
+        suffix = "" if namespace == "source" else f".{namespace}"
+        return Path(f"{database}.{source}{suffix}.lock")
 
 
 def _state(row: sa.Row[Any]) -> SourceState:
@@ -706,7 +722,10 @@ def _aggregate_time(value: datetime | str | None) -> datetime | None:
     return value
 
 
-def lock_key(source: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a source name."""
-    digest = hashlib.sha256(f"syncd:source:{source}".encode()).digest()
+def lock_key(source: str, namespace: str = "source") -> int:
+    """A stable signed 64-bit advisory-lock key for a source name in ``namespace``.
+
+    ``source`` is the live pass's lock, ``backfill`` the backfill's.
+    """
+    digest = hashlib.sha256(f"syncd:{namespace}:{source}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
