@@ -137,7 +137,7 @@ def test_many_passes_through_every_kind_of_trouble_equal_the_ground_truth(
         tie_groups=2,
         tie_size=450,  # more than two pages of one timestamp
         malformed_share=0.01,
-        token_expiry=3,
+        token_expiry=10,  # 200 ms real time while ticking: still expires mid-pass
         faults=Faults(rate_limit=0.1, server_errors=0.1, drop=0.03, retry_after=0.01, seed=3),
     )
     with sim:
