@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -100,8 +99,6 @@ def build_source(
 ) -> Source:
     context = SourceContext(
         codes=store.load_codes(config.kind),
-        count_local=partial(store.count_events, config.name),
-        count_unplaced=partial(store.count_unplaced, config.name),
         refresh_token=state.refresh_token,
         refresh_token_origin=state.refresh_token_origin,
         save_refresh_token=lambda token, origin: store.save_refresh_token(

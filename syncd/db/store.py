@@ -508,22 +508,6 @@ class Store:
                 code: CodeInfo(label, category) for code, label, category in conn.execute(query)
             }
 
-    def count_events(self, source: str, since: datetime, until: datetime | None = None) -> int:
-        """Stored events plus rejected records of ``source`` in ``[since, until)``.
-
-        Rejected records count too: the vendor's totals include them.
-        """
-        total = 0
-        with self.engine.connect() as conn:
-            for table in (events, rejected_events):
-                query = sa.select(sa.func.count()).where(
-                    table.c.source == source, table.c.occurred_at >= since
-                )
-                if until is not None:
-                    query = query.where(table.c.occurred_at < until)
-                total += int(conn.execute(query).scalar_one())
-        return total
-
     def count_span(
         self,
         source: str,
@@ -556,14 +540,6 @@ class Store:
         )
         with self.engine.connect() as conn:
             return int(conn.execute(stored).scalar_one()) + int(conn.execute(rejected).scalar_one())
-
-    def count_unplaced(self, source: str) -> int:
-        """Rejected records of ``source`` that had no readable time."""
-        query = sa.select(sa.func.count()).where(
-            rejected_events.c.source == source, rejected_events.c.occurred_at.is_(None)
-        )
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
 
     def source_stats(self) -> dict[str, SourceStats]:
         """Row count, newest event and rejected count per source, in two scans."""

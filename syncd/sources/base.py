@@ -55,11 +55,8 @@ class SourceContext:
     """What the engine lends a connector for one pass.
 
     ``codes`` maps the vendor's event codes to labels and categories (from the
-    ``event_codes`` table). ``count_local`` counts this source's stored events
-    and rejected records with ``since <= occurred_at < until`` (``until``
-    None: no upper bound), for reconciliation against a vendor's totals;
-    ``count_unplaced`` counts its rejected records that had no readable time.
-    ``refresh_token`` is the persisted (possibly rotated) OAuth refresh token
+    ``event_codes`` table). ``refresh_token`` is the persisted (possibly
+    rotated) OAuth refresh token
     and ``refresh_token_origin`` the fingerprint of the configured token it
     descends from (:func:`syncd.sources.auth.choose_refresh_token`);
     ``save_refresh_token(token, origin)`` commits a new one with its origin at
@@ -69,8 +66,6 @@ class SourceContext:
     """
 
     codes: Mapping[int, CodeInfo] = field(default_factory=dict)
-    count_local: Callable[[datetime, datetime | None], int] | None = None
-    count_unplaced: Callable[[], int] | None = None
     refresh_token: str | None = None
     save_refresh_token: Callable[[str, str], None] | None = None
     refresh_token_origin: str | None = None

@@ -130,17 +130,26 @@ def test_refresh_token_is_persisted_without_touching_the_cursor(store: Store) ->
     assert (state.refresh_token, state.cursor) == ("rotated-1", {"w": 1})
 
 
-def test_count_events_counts_events_and_placed_rejects(store: Store) -> None:
+def test_count_span_counts_like_the_vendor(store: Store) -> None:
+    """Events of the listed codes, plus placed rejects whose vendor id is not stored too."""
     store.write_page(
         "hq",
-        [event(i, occurred_at=T0 + timedelta(minutes=i)) for i in range(10)],
-        [RejectedRecord("bad", {"n": 1}, T0 + timedelta(minutes=5)), RejectedRecord("bad", {})],
+        [event(i, occurred_at=T0 + timedelta(minutes=i)) for i in range(10)]
+        + [event(50, occurred_at=T0 + timedelta(minutes=1), event_code=55)],
+        [
+            RejectedRecord("bad", {"n": 1}, T0 + timedelta(minutes=5)),
+            RejectedRecord("bad", {}),  # no readable time: in no span
+            RejectedRecord("fixed later", {"id": 3}, T0 + timedelta(minutes=3), event_key="3"),
+        ],
         None,
         NOW,
     )
-    assert store.count_events("hq", T0 + timedelta(minutes=5)) == 6
-    assert store.count_events("hq", T0, T0 + timedelta(minutes=6)) == 7
-    assert store.count_unplaced("hq") == 1
+    codes = frozenset({10})
+    end = T0 + timedelta(days=1)
+    assert store.count_span("hq", T0 + timedelta(minutes=5), end, codes) == 6
+    assert store.count_span("hq", T0, T0 + timedelta(minutes=6), codes) == 7
+    assert store.count_span("hq", T0, end) == 12  # every code: the remote-control one too
+    assert store.count_span("other", T0, end) == 0
 
 
 def test_event_codes_are_loaded_for_a_vendor(store: Store) -> None:
