@@ -34,8 +34,8 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from benchkit import DEFAULT_URL, fresh_database
 from prometheus_client.parser import text_string_to_metric_families
-from sync_doorflow import DEFAULT_URL, fresh_database
 
 from syncd.db.engine import create_engine
 from syncd.simulators import DoorFlowSimulator, IntServSimulator
