@@ -255,12 +255,9 @@ def _guarded_pass(
     try:
         return run_pass(store, source)
     except Exception as exc:  # one source must never stop the others
-        if isinstance(exc, sa.exc.SQLAlchemyError):
-            from syncd.db.engine import first_line
+        from syncd.engine import describe_error
 
-            message = f"{type(exc).__name__}: {first_line(exc)}"
-        else:
-            message = f"{type(exc).__name__}: {str(exc)[:300]}"
+        message = describe_error(exc)
         structlog.get_logger(__name__).warning(
             "pass_crashed", source=source.name, error=message, exc_info=True
         )

@@ -379,8 +379,12 @@ def _reconcile_if_due(
 
 def describe_error(exc: BaseException) -> str:
     """One line for ``last_error`` and the CLI: the type, then what it said."""
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        from syncd.db.engine import first_line
+
+        return f"{type(exc).__name__}: {first_line(exc)}"  # not the SQL nor the doc link
     text = " ".join(str(exc).split()) or "no detail"
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def _failed(
