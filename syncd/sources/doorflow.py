@@ -74,7 +74,7 @@ from syncd.sources.auth import (
     token_fingerprint,
 )
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
-from syncd.sources.http import RetryPolicy, send
+from syncd.sources.http import RetryPolicy, parse_page, send
 
 if TYPE_CHECKING:
     from syncd.config import SourceConfig
@@ -235,10 +235,15 @@ def natural_key(raw: Any) -> str | None:
 
 
 def normalize_page(
-    items: list[Any], codes: Mapping[int, CodeInfo]
+    items: list[Any], codes: Mapping[int, CodeInfo], *, screened: bool = False
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
     return split_page(
-        items, lambda raw: from_api(raw, codes), "created_at", "occurred_at", identify=natural_key
+        items,
+        lambda raw: from_api(raw, codes),
+        "created_at",
+        "occurred_at",
+        identify=natural_key,
+        screened=screened,
     )
 
 
@@ -365,9 +370,12 @@ class ListResponse:
     shape: str
     total: int | None
     per_page: int | None
+    screened: bool = False  # the body passed http.parse_page(): no per-record walk
 
 
-def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
+def read_list_response(
+    body: Any, headers: httpx.Headers, *, screened: bool = False
+) -> ListResponse:
     """Both documented shapes: bare array + headers, or ``{events, pagination}``."""
     if isinstance(body, list):
         return ListResponse(
@@ -375,6 +383,7 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
             "array",
             _int_or_none(headers.get("Total")),
             _positive(_int_or_none(headers.get("Per-Page"))),
+            screened,
         )
     if isinstance(body, dict) and isinstance(body.get("events"), list):
         pagination = body.get("pagination")
@@ -384,6 +393,7 @@ def read_list_response(body: Any, headers: httpx.Headers) -> ListResponse:
             "object",
             _int_or_none(pagination.get("total_count")),
             _positive(_int_or_none(pagination.get("per_page"))),
+            screened,
         )
     raise SourceError("DoorFlow answered the events list with an unexpected JSON shape")
 
@@ -556,13 +566,14 @@ class DoorFlowSource:
                 # and again, without the codes the vendor refused
 
     def _fetch(self, params: list[tuple[str, Any]]) -> ListResponse:
-        response, body = send(
+        response, page = send(
             self.client,
             lambda c: c.get(EVENTS_PATH, params=params),
             policy=self.policy,
             source=self.config.name,
+            parse=parse_page,
         )
-        return read_list_response(body, response.headers)
+        return read_list_response(page.body, response.headers, screened=page.storable)
 
     def _drop_unlistable(self, rejection: RequestRejected) -> bool:
         """Stop asking for the codes a 400 names as not listable; False: not that 400."""
@@ -661,7 +672,9 @@ class DoorFlowSource:
             current = move.state
             if move.refetch or move.restarted:
                 continue
-            records, rejected = normalize_page(response.items, self.context.codes)
+            records, rejected = normalize_page(
+                response.items, self.context.codes, screened=response.screened
+            )
             done = move.done or past_window(records, current.until)
             yield records, rejected, current, done
             if done:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import email.utils
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import orjson
@@ -174,24 +173,55 @@ def parse_json(response: httpx.Response) -> Any:
     record becomes one rejected record (:func:`syncd.records.split_page`)
     instead of a page retried forever.
     """
+    return _decode(response)[1]
+
+
+class JsonPage(NamedTuple):
+    """A list response's JSON, and whether its records need no storability check."""
+
+    body: Any
+    storable: bool
+
+
+def parse_page(response: httpx.Response) -> JsonPage:
+    """:func:`parse_json`, plus a page-wide answer to :func:`syncd.records.unstorable`.
+
+    What orjson decodes can only be unstorable through NUL: it refuses lone
+    surrogates and non-finite numbers, and a NUL can only come from the
+    ``\\u0000`` escape (a raw NUL is not JSON). So a page orjson read whose
+    bytes hold no such escape needs no walk of every value of every record,
+    which was the largest single cost of normalizing (``bench/compare.py``).
+    """
+    strict, body = _decode(response)
+    return JsonPage(body, strict and b"\\u0000" not in response.content)
+
+
+def _decode(response: httpx.Response) -> tuple[bool, Any]:
+    """(decoded by orjson, the value): see :func:`parse_json`."""
     content = response.content
     # orjson reads an integer beyond 64 bits as a float, silently: a body with
     # a 20-digit run anywhere (rare; a false positive only costs speed) is read
     # by the standard library, which keeps it exact.
-    if not _LONG_DIGITS.search(content):
+    if not _long_digit_run(content):
         try:
-            return orjson.loads(content)
+            return True, orjson.loads(content)
         except orjson.JSONDecodeError:
             pass
     try:
-        return json.loads(content, parse_constant=_not_json)
+        return False, json.loads(content, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         raise BadBody(
             f"HTTP {response.status_code} from {response.request.url.path}: body is not JSON"
         ) from exc
 
 
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# Every digit as "0": a run of digits is then a plain substring search (a
+# regular expression takes several times as long as decoding the page).
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
+
+
+def _long_digit_run(content: bytes) -> bool:
+    return b"00000000000000000000" in content.translate(_DIGITS_AS_ZERO)
 
 
 def _not_json(name: str) -> Any:
@@ -250,9 +280,11 @@ def send(
     *,
     policy: RetryPolicy,
     source: str,
-    parse: bool = True,
+    parse: Callable[[httpx.Response], Any] = parse_json,
 ) -> tuple[httpx.Response, Any]:
-    """Send ``request(client)`` with retries; return the response and its JSON body.
+    """Send ``request(client)`` with retries; return the response and ``parse(response)``.
+
+    Parsing is part of each attempt: a body that is not JSON is retried.
 
     Transport failures become :class:`TransientError`; status codes are
     classified by :func:`raise_for_status`. The last error is re-raised when
@@ -272,7 +304,9 @@ def send(
 
 
 def _attempt(
-    client: httpx.Client, request: Callable[[httpx.Client], httpx.Response], parse: bool
+    client: httpx.Client,
+    request: Callable[[httpx.Client], httpx.Response],
+    parse: Callable[[httpx.Response], Any],
 ) -> tuple[httpx.Response, Any]:
     try:
         response = request(client)
@@ -281,15 +315,17 @@ def _attempt(
     except httpx.TransportError as exc:
         raise ConnectionDropped(f"connection failed: {type(exc).__name__}") from exc
     raise_for_status(response)
-    return response, parse_json(response) if parse else None
+    return response, parse(response)
 
 
 __all__ = [
     "RETRY_REASONS",
+    "JsonPage",
     "RetryHooks",
     "RetryPolicy",
     "error_body",
     "parse_json",
+    "parse_page",
     "raise_for_status",
     "retry_after_seconds",
     "retry_reason",

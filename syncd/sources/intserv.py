@@ -95,7 +95,7 @@ from syncd.records import (
 )
 from syncd.sources.auth import BearerToken
 from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
-from syncd.sources.http import RetryPolicy, send
+from syncd.sources.http import RetryPolicy, parse_page, send
 
 if TYPE_CHECKING:
     from syncd.config import SourceConfig
@@ -230,9 +230,15 @@ def natural_key(raw: Any) -> str | None:
 
 
 def normalize_page(
-    items: list[Any], codes: Mapping[int, CodeInfo]
+    items: list[Any], codes: Mapping[int, CodeInfo], *, screened: bool = False
 ) -> tuple[list[EventRecord], list[RejectedRecord]]:
-    return split_page(items, lambda raw: from_api(raw, codes), "event_time", identify=natural_key)
+    return split_page(
+        items,
+        lambda raw: from_api(raw, codes),
+        "event_time",
+        identify=natural_key,
+        screened=screened,
+    )
 
 
 # -- the cursor arithmetic (pure) ----------------------------------------------
@@ -405,9 +411,10 @@ class ListResponse:
     least_sync_time: datetime | None
     has_more: bool
     continuation_key: str | None
+    screened: bool = False  # the body passed http.parse_page(): no per-record walk
 
 
-def read_list_response(body: Any) -> ListResponse:
+def read_list_response(body: Any, *, screened: bool = False) -> ListResponse:
     """``{least_sync_time, has_more, continuation_key, events[]}``, checked."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise SourceError("IntServ answered the events list without an 'events' array")
@@ -423,7 +430,7 @@ def read_list_response(body: Any) -> ListResponse:
     except MalformedRecord:
         reported = None
         log.warning("least_sync_time_unreadable", vendor=VENDOR)
-    return ListResponse(body["events"], reported, has_more, key if has_more else None)
+    return ListResponse(body["events"], reported, has_more, key if has_more else None, screened)
 
 
 # -- the connector ---------------------------------------------------------------
@@ -479,11 +486,12 @@ class IntServSource:
     def _list(self, current: PassState) -> ListResponse:
         body = self.request_body(current)
         try:
-            _, payload = send(
+            _, page = send(
                 self.client,
                 lambda c: c.post(EVENTS_PATH, json=body),
                 policy=self.policy,
                 source=self.config.name,
+                parse=parse_page,
             )
         except ContinuationRejected:
             raise
@@ -495,7 +503,7 @@ class IntServSource:
             if current.continuation_key is None:
                 raise
             raise ContinuationRejected(f"continuation key failed: {exc}") from exc
-        return read_list_response(payload)
+        return read_list_response(page.body, screened=page.storable)
 
     # -- a pass --
 
@@ -549,7 +557,9 @@ class IntServSource:
                     raise
                 current = PassState(from_date=since, scope=scope, to_date=until)
                 continue
-            records, rejected = normalize_page(response.events, self.context.codes)
+            records, rejected = normalize_page(
+                response.events, self.context.codes, screened=response.screened
+            )
             if not response.has_more:
                 yield Page(records, rejected, {"done": True})
                 return
@@ -596,7 +606,9 @@ class IntServSource:
                 continue
             if response.has_more and response.continuation_key == current.continuation_key:
                 raise SourceError("IntServ answered with the continuation_key it was sent")
-            records, rejected = normalize_page(response.events, self.context.codes)
+            records, rejected = normalize_page(
+                response.events, self.context.codes, screened=response.screened
+            )
             state = after_page(
                 state, response.least_sync_time, response.has_more, response.continuation_key
             )
