@@ -227,13 +227,21 @@ def drive(
     """
     total = WriteResult()
     count = 0
+    likely_new = False  # a unit whose rows were all new predicts the next one's
     for unit in prefetched_batches(
         pages, depth=PREFETCH_PAGES, limit=commit_rows, weight=_page_rows
     ):
         page = _joined(unit)
         written = store.write_page(
-            source, page.records, page.rejected, page.cursor, clock(), sink=sink
+            source,
+            page.records,
+            page.rejected,
+            page.cursor,
+            clock(),
+            sink=sink,
+            likely_new=likely_new,
         )
+        likely_new = written.inserted > 0 and written.inserted == len(page.records)
         total += written
         count += len(unit)
         log.info(

@@ -59,6 +59,8 @@ RECORD_COLUMNS = (
     "source_updated_at",
     "payload",
 )
+# An EventRecord is a COPY row once ``source`` goes first and ``payload`` last.
+assert (*EventRecord._fields[:6], *EventRecord._fields[7:], "payload") == RECORD_COLUMNS[1:]
 _MUTABLE = [c for c in RECORD_COLUMNS if c not in ("source", "event_key")]
 _SET_CLAUSE = ", ".join(f"{c} = excluded.{c}" for c in _MUTABLE)
 # A row is rewritten only when something a reader can see changed, and never
@@ -102,6 +104,12 @@ WITH merged AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
 """
+# Rows that are probably all new (a cold load, a backlog) skip the staging
+# table: COPY straight into ``events``, in a savepoint. A key already stored
+# fails the COPY on the unique index, the savepoint is rolled back and the
+# same rows take the merge above, so the guess can cost time, never a row.
+_PG_DIRECT = f"COPY events ({_COLS}, first_seen_at, last_seen_at) FROM STDIN (FORMAT BINARY)"
+_DIRECT_TYPES = [*_STAGE_TYPES[:-1], "jsonb", "timestamptz", "timestamptz"]
 _UPSERT_VALUES = ", ".join(["?"] * len(RECORD_COLUMNS))
 _SQLITE_UPSERT = f"""
 INSERT INTO events ({_COLS}, first_seen_at, last_seen_at)
@@ -177,6 +185,63 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _copy_rows(source: str, records: Sequence[EventRecord]) -> Iterator[tuple[Any, ...]]:
+    """``records`` as rows of :data:`RECORD_COLUMNS`, the payload as JSON text."""
+    for r in records:
+        yield (source, *r[:6], *r[7:], r.payload.decode())
+
+
+class _JsonbPayload(psycopg.adapt.Dumper):
+    """A payload that is already JSON bytes, as binary ``jsonb`` (format version 1).
+
+    psycopg's own jsonb dumper would serialize the bytes again, as one JSON
+    string; this one hands them over as they are, for the server to parse.
+    """
+
+    format = psycopg.pq.Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid  # built in: the same on every server
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + bytes(obj)
+
+
+def _copy_new(
+    raw: psycopg.Connection[Any], source: str, records: Sequence[EventRecord], now: datetime
+) -> bool:
+    """COPY ``records`` straight into ``events``; False (nothing written) when
+    one of them is already stored."""
+    with raw.cursor() as cur:
+        # On this cursor only: the jsonb column takes the payload bytes as they are.
+        cur.adapters.register_dumper(bytes, _JsonbPayload)
+        cur.execute("SAVEPOINT syncd_new_rows")
+        try:
+            with cur.copy(_PG_DIRECT) as copy:
+                copy.set_types(_DIRECT_TYPES)
+                for r in records:
+                    copy.write_row((source, *r[:6], *r[7:], r.payload, now, now))
+        except psycopg.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT syncd_new_rows")
+            return False
+        cur.execute("RELEASE SAVEPOINT syncd_new_rows")
+    return True
+
+
+def _copy_and_merge(
+    raw: psycopg.Connection[Any], source: str, records: Sequence[EventRecord], now: datetime
+) -> tuple[int, int]:
+    """Stage ``records`` with COPY, then merge them: (inserted, updated)."""
+    with raw.cursor() as cur:
+        cur.execute(_PG_STAGE)
+        with cur.copy(f"COPY syncd_stage ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STAGE_TYPES)
+            for staged in _copy_rows(source, records):
+                copy.write_row(staged)
+        cur.execute(_PG_MERGE, {"now": now})
+        counts = cur.fetchone()
+    assert counts is not None
+    return int(counts[0]), int(counts[1])
+
+
 def _raw_json(raw: Any) -> bytes:
     try:
         return to_json(raw, sort_keys=True)
@@ -207,12 +272,16 @@ class Store:
         now: datetime,
         *,
         sink: CursorSink | None = None,
+        likely_new: bool = False,
     ) -> WriteResult:
         """Store one page and the cursor after it in one transaction.
 
         ``sink`` decides where the cursor goes (the live ``sync_state.cursor``
         when None; a backfill window's position; nowhere). ``cursor`` None
-        leaves the stored position as it is.
+        leaves the stored position as it is. ``likely_new``: the caller
+        expects none of the events to be stored yet (the previous page of a
+        pass was all new); PostgreSQL then tries a plain ``COPY`` first. The
+        result is the same either way.
         """
         unique = dedupe_newest(records)
         self._check_lock(source)
@@ -223,7 +292,7 @@ class Store:
                 # pages *with* their cursor, and the next pass fetches them
                 # again. (The rotated refresh token keeps full durability.)
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                inserted, updated = self._merge_postgres(conn, source, unique, now)
+                inserted, updated = self._merge_postgres(conn, source, unique, now, likely_new)
             else:
                 inserted, updated = self._merge_sqlite(conn, source, unique, now)
             self._write_rejected(conn, source, rejected, now)
@@ -240,39 +309,24 @@ class Store:
         )
 
     def _merge_postgres(
-        self, conn: sa.Connection, source: str, records: Sequence[EventRecord], now: datetime
+        self,
+        conn: sa.Connection,
+        source: str,
+        records: Sequence[EventRecord],
+        now: datetime,
+        likely_new: bool,
     ) -> tuple[int, int]:
         if not records:
             return 0, 0
         raw = conn.connection.driver_connection
         assert raw is not None
         try:
-            return self._copy_and_merge(raw, source, records, now)
+            if likely_new and _copy_new(raw, source, records, now):
+                return len(records), 0
+            return _copy_and_merge(raw, source, records, now)
         except psycopg.Error as exc:
             # Same exception family as every other statement (SQLAlchemy's).
             raise sa.exc.DBAPIError.instance(_PG_MERGE, None, exc, psycopg.Error) from exc
-
-    @staticmethod
-    def _copy_and_merge(
-        raw: psycopg.Connection[Any], source: str, records: Sequence[EventRecord], now: datetime
-    ) -> tuple[int, int]:
-        with raw.cursor() as cur:
-            cur.execute(_PG_STAGE)
-            with cur.copy(f"COPY syncd_stage ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_STAGE_TYPES)
-                for r in records:
-                    copy.write_row(
-                        (
-                            source, r.event_key, r.vendor, r.occurred_at, r.event_code,
-                            r.category, r.label, r.door_id, r.door_name, r.person_id,
-                            r.person_name, r.credential, r.system_id, r.sequence_id,
-                            r.source_updated_at, r.payload.decode(),
-                        )
-                    )  # fmt: skip
-            cur.execute(_PG_MERGE, {"now": now})
-            row = cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
 
     def _merge_sqlite(
         self, conn: sa.Connection, source: str, records: Sequence[EventRecord], now: datetime

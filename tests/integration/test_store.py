@@ -239,3 +239,62 @@ def test_dedupe_newest_prefers_updated_at_then_last() -> None:
     b1 = event(2, updated_at=T0, name="first")
     b2 = event(2, updated_at=T0, name="second")
     assert dedupe_newest([b1, b2]) == [b2]
+
+
+# -- rows that are probably new: a plain COPY first (PostgreSQL) -------------------
+
+
+def _columns(store: Store, source: str) -> dict[str, tuple[Any, ...]]:
+    skip = {"id", "source"}
+    return {
+        key: tuple(v for k, v in row._mapping.items() if k not in skip)
+        for key, row in rows(store, source).items()
+    }
+
+
+def test_a_likely_new_page_is_stored_exactly_as_a_merged_one(store: Store) -> None:
+    page = [
+        event(i, door_id="3", door_name="Gate", person_id=str(i), credential="99")
+        for i in range(20)
+    ]
+    assert store.write_page("direct", page, [], None, NOW, likely_new=True) == WriteResult(
+        inserted=20
+    )
+    store.write_page("merged", page, [], None, NOW)
+    assert _columns(store, "direct") == _columns(store, "merged")
+    # The payload is the JSON object itself, not a JSON string holding it.
+    assert rows(store, "direct")["7"].payload == {"id": 7, "person_name": "Person 7 v0", "version": 0}
+
+
+def test_a_wrong_guess_costs_no_row(store: Store) -> None:
+    store.write_page("hq", [event(1), event(2)], [], None, NOW)
+    later = NOW + timedelta(hours=1)
+    page = [event(2, version=1), event(3), event(3)]  # one stored, one new twice
+    result = store.write_page("hq", page, [], {"at": 3}, later, likely_new=True)
+    assert result == WriteResult(inserted=1, updated=1, unchanged=1)
+    stored = rows(store)
+    assert sorted(stored) == ["1", "2", "3"]
+    assert stored["2"].person_name == "Person 2 v1"
+    assert stored["3"].first_seen_at == later
+    assert store.load_state("hq").cursor == {"at": 3}
+
+
+@pytest.mark.postgres
+def test_likely_new_takes_the_plain_copy_and_falls_back_on_a_stored_key(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd.db import store as store_module
+
+    outcomes: list[bool] = []
+    copy_new = store_module._copy_new
+
+    def spy(*args: Any) -> bool:
+        outcomes.append(copy_new(*args))
+        return outcomes[-1]
+
+    monkeypatch.setattr(store_module, "_copy_new", spy)
+    pg_store.write_page("hq", [event(1), event(2)], [], None, NOW, likely_new=True)
+    pg_store.write_page("hq", [event(2), event(3)], [], None, NOW, likely_new=True)
+    pg_store.write_page("hq", [event(4)], [], None, NOW)  # not a guess: no COPY attempt
+    assert outcomes == [True, False]
+    assert sorted(rows(pg_store)) == ["1", "2", "3", "4"]
