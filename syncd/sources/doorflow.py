@@ -123,12 +123,13 @@ _CATEGORY_RANGES: tuple[tuple[range, str], ...] = (
 )
 
 
+# One lookup per event instead of a scan of the ranges.
+_CATEGORY_OF_CODE = {code: name for codes, name in _CATEGORY_RANGES for code in codes}
+
+
 def category(code: int) -> str:
     """The category of a DoorFlow ``event_code``; ``other`` for any code not listed."""
-    for codes, name in _CATEGORY_RANGES:
-        if code in codes:
-            return name
-    return "other"
+    return _CATEGORY_OF_CODE.get(code, "other")
 
 
 _INVALID_CODES = re.compile(
