@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -155,7 +156,6 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
     """One incremental pass of each (or each named) source, then exit."""
     from syncd.bi import sync_sources
     from syncd.db.store import Store
-    from syncd.engine import run_pass
 
     settings = ctx.settings
     if not settings.sources:
@@ -164,6 +164,22 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         )
     sources = [settings.source(name) for name in names] if names else list(settings.sources)
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    # The views need the sources and their calendars, the passes do not: on
+    # PostgreSQL the (first-run) calendar write overlaps the passes instead of
+    # delaying the first page or the exit. SQLite has one writer: after them.
+    with _alongside(
+        lambda: sync_sources(store.engine, settings.sources, datetime.now(UTC)),
+        concurrent=store.engine.dialect.name == "postgresql",
+    ):
+        failed = _sync_each(store, sources)
+    if failed:
+        raise SystemExit(1)
+
+
+def _sync_each(store: Store, sources: Sequence[SourceConfig]) -> int:
+    """One guarded pass per source, one line each; return how many failed."""
+    from syncd.engine import run_pass
+
     failed = 0
     for source in sources:
         result = _guarded_pass(store, source, run_pass)
@@ -181,11 +197,32 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         else:
             failed += 1
             click.echo(f"syncd: {source.name} failed: {result.error}", err=True)
-    # After the passes, which do not need it: the views do (and a first
-    # calendar write must not delay the first page).
-    sync_sources(store.engine, settings.sources, datetime.now(UTC))
-    if failed:
-        raise SystemExit(1)
+    return failed
+
+
+@contextlib.contextmanager
+def _alongside(work: Callable[[], object], *, concurrent: bool) -> Iterator[None]:
+    """Run ``work`` in a thread during the block (or after it); re-raise its error at the end."""
+    if not concurrent:
+        yield
+        work()
+        return
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the caller's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="syncd-alongside")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _parse_instant(value: str | None, option: str) -> datetime | None:
