@@ -28,7 +28,7 @@ previous one's dirty pages. The contenders:
   ``target-postgres`` with its default settings but ``load_method=upsert``
   (dedup on ``id``, as syncd dedups). Both run from their own virtual
   environment, ``bench/.venv-singer``, made by ``bench/singer/setup`` when
-  missing (their pins clash with syncd's); if it cannot be made, one line
+  missing (their pins would move syncd's); if it cannot be made, one line
   says so and the other contenders still run. DoorFlow only. Its CPU and
   peak RSS are the *sums* of the tap's and the target's, each from its own
   ``wait4``.
@@ -80,7 +80,7 @@ PAGE = 1000
 DOORFLOW_CODES = ",".join(map(str, LISTABLE_EVENT_CODES))
 CONTENDERS = ("download", "floor", "dlt", "singer", "syncd")
 BENCH = Path(__file__).resolve().parent
-# The Singer contender's own venv (its pins clash with syncd's), made on demand.
+# The Singer contender's own venv (its pins would move syncd's), made on demand.
 SINGER_VENV = Path(os.environ.get("SYNCD_BENCH_SINGER_VENV", BENCH / ".venv-singer"))
 SINGER_PACKAGES = ("singer-sdk", "meltanolabs-target-postgres")
 
