@@ -1,7 +1,7 @@
 """syncd, dlt and a bare floor side by side: a cold sync of one simulator into PostgreSQL.
 
     python bench/compare.py [--events 200000] [--kind doorflow|intserv]
-                            [--only syncd,dlt,floor] [--database-url URL]
+                            [--only syncd,dlt,floor] [--skip singer] [--database-url URL]
 
 One run, one simulator process (the project's own, same seed and knobs for
 everyone), one PostgreSQL. Each contender is its own child process writing
@@ -22,6 +22,16 @@ previous one's dirty pages. The contenders:
   ``csv`` loader file format (PostgreSQL ``COPY``), ``write_disposition=
   "merge"`` on the vendor's primary key. Its pipeline state lives in a fresh
   temporary directory, so the run is cold too.
+- ``singer``: a Singer pipeline, ``tap-doorflow | target-postgres``: the
+  project's own tap (``bench/singer/tap_doorflow.py``, a Meltano Singer SDK
+  ``RESTStream`` written as the SDK's docs recommend) piped into MeltanoLabs'
+  ``target-postgres`` with its default settings but ``load_method=upsert``
+  (dedup on ``id``, as syncd dedups). Both run from their own virtual
+  environment, ``bench/.venv-singer``, made by ``bench/singer/setup`` when
+  missing (their pins would move syncd's); if it cannot be made, one line
+  says so and the other contenders still run. DoorFlow only. Its CPU and
+  peak RSS are the *sums* of the tap's and the target's, each from its own
+  ``wait4``.
 - ``syncd``: ``syncd sync`` exactly as a user runs it (start-up, migration of
   the empty database, every guarantee).
 
@@ -29,7 +39,8 @@ Each contender's figures: events/s over its wall time, its CPU seconds and
 peak RSS (``wait4``), and the vendor requests it made (the simulator's own
 counter). Every loader's table is checked before anything is printed: as
 many rows, and as many distinct keys, as the simulator holds events.
-Needs the ``bench`` extra for dlt: ``pip install -e '.[bench]'``.
+Needs the ``bench`` extra for dlt: ``pip install -e '.[bench]'``; the Singer
+contender needs PyPI once, to make its venv.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -66,7 +78,11 @@ SINCE = START.isoformat()
 PAGE = 1000
 # Every code the list endpoint accepts (any other is a 400), as syncd asks.
 DOORFLOW_CODES = ",".join(map(str, LISTABLE_EVENT_CODES))
-CONTENDERS = ("download", "floor", "dlt", "syncd")
+CONTENDERS = ("download", "floor", "dlt", "singer", "syncd")
+BENCH = Path(__file__).resolve().parent
+# The Singer contender's own venv (its pins would move syncd's), made on demand.
+SINGER_VENV = Path(os.environ.get("SYNCD_BENCH_SINGER_VENV", BENCH / ".venv-singer"))
+SINGER_PACKAGES = ("singer-sdk", "meltanolabs-target-postgres")
 
 
 # -- the simulator, in its own process -----------------------------------------
@@ -280,6 +296,131 @@ def _dlt_intserv(base_url: str, secret: str) -> Any:
 RUNNERS = {"download": run_download, "floor": run_floor, "dlt": run_dlt}
 
 
+# -- the Singer contender: tap | target, from its own venv -----------------------
+
+
+def singer_setup(venv: Path = SINGER_VENV) -> str | None:
+    """Make the Singer venv if it is missing: ``None`` when ready, else why not."""
+    if (venv / "installed").exists():
+        return None
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            ["bash", str(BENCH / "singer" / "setup"), str(venv)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"bench/singer/setup did not finish within 600 s ({venv})"
+    if done.returncode != 0:
+        lines = [
+            line.strip()
+            for line in done.stderr.splitlines()
+            if line.strip() and "is ignored" not in line
+        ]
+        why = lines[-1] if lines else f"exit {done.returncode}"
+        return f"bench/singer/setup could not make {venv}: {why[:200]}"
+    seconds = time.perf_counter() - started
+    print(f"(made the Singer venv {venv} in {seconds:.0f} s)", file=sys.stderr, flush=True)
+    return None
+
+
+def singer_versions(venv: Path = SINGER_VENV) -> str:
+    code = (
+        "import importlib.metadata as m;"
+        f"print(', '.join(p + ' ' + m.version(p) for p in {SINGER_PACKAGES!r}))"
+    )
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def singer_argvs(base_url: str, secret: str, url: str, tmp: Path) -> list[list[str]]:
+    """The tap's and the target's command lines (their configs written into ``tmp``)."""
+    tap = tmp / "tap.json"
+    tap.write_text(
+        orjson.dumps(
+            {
+                "api_url": base_url,
+                "token": secret,
+                "start_date": SINCE,
+                "event_codes": DOORFLOW_CODES,
+                "page_size": PAGE,
+            }
+        ).decode()
+    )
+    parsed = make_url(url)
+    target = tmp / "target.json"
+    target.write_text(
+        orjson.dumps(
+            {
+                "host": parsed.host or "127.0.0.1",
+                "port": parsed.port or 5432,
+                "user": parsed.username or "postgres",
+                # target-postgres insists on a password; a trust-auth server ignores it.
+                "password": parsed.password or "unused",
+                "database": parsed.database,
+                # Dedup on the stream's primary key (id), as syncd dedups; the
+                # default is append-only. Every other setting is the default.
+                "load_method": "upsert",
+            }
+        ).decode()
+    )
+    python = str(SINGER_VENV / "bin" / "python")
+    return [
+        [python, str(BENCH / "singer" / "tap_doorflow.py"), "--config", str(tap)],
+        [str(SINGER_VENV / "bin" / "target-postgres"), "--config", str(target)],
+    ]
+
+
+def run_pipeline(tap_argv: list[str], target_argv: list[str]) -> tuple[float, float, float]:
+    """``tap | target`` in a process group of its own: wall seconds, and the CPU
+    seconds and peak RSS (MB) of tap and target *added up*, each from its own
+    ``wait4`` (a shell's ``wait4`` would give the larger of the two peaks only).
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as tap_err, tempfile.TemporaryFile() as target_err:
+        tap = subprocess.Popen(tap_argv, stdout=subprocess.PIPE, stderr=tap_err, process_group=0)
+        try:
+            target = subprocess.Popen(
+                target_argv,
+                stdin=tap.stdout,
+                stdout=subprocess.DEVNULL,  # the state messages: a cold run keeps none
+                stderr=target_err,
+                process_group=tap.pid,
+            )
+        except BaseException:
+            tap.kill()
+            tap.wait()
+            raise
+        assert tap.stdout is not None
+        tap.stdout.close()  # the target's end only: the tap sees EPIPE if it dies
+        cpu = rss = 0.0
+        codes = []
+        for process in (tap, target):
+            _pid, status, usage = os.wait4(process.pid, 0)
+            process.returncode = code = os.waitstatus_to_exitcode(status)
+            codes.append(code)
+            cpu += usage.ru_utime + usage.ru_stime
+            rss += usage.ru_maxrss / 1024
+            if code != 0:
+                with suppress(ProcessLookupError):
+                    os.killpg(tap.pid, 9)  # the rest of the pipeline, not left behind
+        elapsed = time.perf_counter() - started
+        if any(codes):
+            tails = []
+            for name, err in (("tap", tap_err), ("target", target_err)):
+                err.seek(0)
+                tails.append(f"--- {name}:\n" + err.read().decode(errors="replace")[-2000:])
+            raise SystemExit(f"singer: tap | target failed (exits {codes}):\n" + "\n".join(tails))
+    return elapsed, cpu, rss
+
+
 def syncd_argv(kind: str, base_url: str, url: str, config_dir: Path) -> list[str]:
     config = config_dir / "syncd.toml"
     credential = "token_env" if kind == "doorflow" else "api_key_env"
@@ -400,6 +541,8 @@ TABLES = {
     ("floor", "intserv"): ("bare", "key"),
     ("dlt", "doorflow"): ("doorflow.events", "id"),
     ("dlt", "intserv"): ("intserv.events", "(system_id, event_time, sequence_id)"),
+    # target-postgres's default schema is "melty"; the stream is "events".
+    ("singer", "doorflow"): ("melty.events", "id"),
     ("syncd", "doorflow"): ("events", "event_key"),
     ("syncd", "intserv"): ("events", "event_key"),
 }
@@ -421,6 +564,7 @@ def measure(
     name: str, kind: str, sim: Simulator, admin_url: str, events: int, profile: Path | None = None
 ) -> Result:
     with fresh_database(admin_url) as url, tempfile.TemporaryDirectory() as tmp:
+        pipeline: list[list[str]] = []
         if name == "syncd":
             argv = syncd_argv(kind, sim.base_url, url, Path(tmp))
             env = {**os.environ, "BENCH_SECRET": sim.secret, "SYNCD_LOG_LEVEL": "warning"}
@@ -430,20 +574,25 @@ def measure(
                 # the table).
                 argv = ["py-spy", "record", "--rate", "200", "--format", "raw",
                         "--output", str(profile), "--", *argv]  # fmt: skip
+        elif name == "singer":
+            pipeline = singer_argvs(sim.base_url, sim.secret, url, Path(tmp))
         else:
             argv = [sys.executable, __file__, "--_run", name, kind, sim.base_url, sim.secret, url]
             env = dict(os.environ)
         checkpoint(admin_url)
         before = sim.requests()
         with ServerCPU(make_url(url).database or "") as server:
-            seconds, cpu, rss = run_child(argv, env)
+            if pipeline:
+                seconds, cpu, rss = run_pipeline(*pipeline)
+            else:
+                seconds, cpu, rss = run_child(argv, env)
         requests = sim.requests() - before
         if name != "download":
             verify(name, kind, url, events)
     return Result(name, events, seconds, cpu, rss, requests, server.seconds)
 
 
-def report(kind: str, results: list[Result]) -> str:
+def report(kind: str, results: list[Result], notes: tuple[str, ...] = ()) -> str:
     lines = [
         f"\ncold sync of {results[0].events:,} {kind} events (all the vendor lists) into "
         "PostgreSQL, one run",
@@ -457,12 +606,16 @@ def report(kind: str, results: list[Result]) -> str:
         )
     by_name = {r.name: r for r in results}
     if "syncd" in by_name:
-        for other in ("dlt", "floor"):
+        for other in ("dlt", "singer", "floor"):
             if other in by_name:
                 ratio = by_name["syncd"].rate / by_name[other].rate
                 lines.append(f"syncd / {other}: {ratio:.2f}x events/s")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines.append(f"({os.cpu_count()} cores, load average {load}; peak RSS and CPU from wait4)")
+    footer = f"({os.cpu_count()} cores, load average {load}; peak RSS and CPU from wait4"
+    if "singer" in by_name:
+        footer += ", singer's the tap's and the target's added up"
+    lines.append(footer + ")")
+    lines.extend(notes)
     return "\n".join(lines)
 
 
@@ -473,7 +626,12 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default=",".join(CONTENDERS),
-        help="comma-separated contenders, in order (download, floor, dlt, syncd)",
+        help="comma-separated contenders, in order (download, floor, dlt, singer, syncd)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated contenders to leave out (e.g. singer: no venv to make)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs; the table shows medians")
     parser.add_argument("--database-url", default=DEFAULT_URL)
@@ -484,9 +642,23 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
-    unknown = set(names) - set(CONTENDERS)
+    skip = [n for n in args.skip.split(",") if n]
+    unknown = set(names + skip) - set(CONTENDERS)
     if unknown:
         parser.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
+    names = [n for n in names if n not in skip]
+    notes: list[str] = []
+    if "singer" in names:
+        why = "the Singer tap is DoorFlow's only" if args.kind != "doorflow" else singer_setup()
+        if why is None:
+            notes.append(
+                f"(singer: {singer_versions()}, load_method upsert, other settings default)"
+            )
+        else:
+            names.remove("singer")
+            notes.append(f"singer: skipped, {why}")
+    if not names:
+        raise SystemExit("\n".join([*notes, "no contender left to run"]))
     runs: list[list[Result]] = []
     with simulator(args.kind, args.events) as sim:
         for _ in range(args.repeat):
@@ -497,7 +669,8 @@ def main() -> None:
             if args.repeat > 1:
                 print(report(args.kind, results), flush=True)
             runs.append(results)
-    print(report(args.kind, [median(column) for column in zip(*runs, strict=True)]))
+    medians = [median(column) for column in zip(*runs, strict=True)]
+    print(report(args.kind, medians, tuple(notes)))
     if args.repeat > 1:
         print(f"(medians of {args.repeat} runs)")
     if args.profile is not None:
