@@ -195,12 +195,23 @@ def command(lab: Lab, kind: str) -> tuple[str, list[str]]:
         return "sync", [*base, "sync"]
     if kind == "run":
         return "run", [*base, "run", "--listen", f"127.0.0.1:{free_port()}"]
-    source = lab.rng.choice((DOORFLOW, INTSERV))
+    source = least_killed(lab, [f"backfill {name}" for name in (DOORFLOW, INTSERV)])
+    source = source.removeprefix("backfill ")
     args = ["backfill", "--source", source, "--since", iso(lab.since), "--window", "6h"]
     return f"backfill {source}", [*base, *args]
 
 
 # -- running and killing ------------------------------------------------------------
+
+
+def least_killed(lab: Lab, labels: list[str]) -> str:
+    """A random one of the ``labels`` killed least so far: every command gets its share."""
+
+    def kills(label: str) -> int:
+        return sum(n for done, n in lab.kills.items() if done.startswith(label))
+
+    fewest = min(kills(label) for label in labels)
+    return lab.rng.choice([label for label in labels if kills(label) == fewest])
 
 
 def launch(lab: Lab, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
@@ -386,37 +397,55 @@ def freeze(lab: Lab) -> None:
     time.sleep(0.3)  # a ticker already generating finishes
 
 
-def test_sigkills_at_random_moments_then_a_clean_finish_lose_and_duplicate_nothing(
-    lab: Lab,
-) -> None:
-    started = time.monotonic()
+def kill_many(lab: Lab) -> int:
+    """``KILLS`` SIGKILLs, each command its share; a clean sync now and then.
+
+    Returns how many intermediate clean syncs ran."""
     clean_every = max(KILLS // CLEAN_PASSES, 1)
     clean_passes = 0
-    while sum(lab.kills.values()) < KILLS:
-        toggle_offline(lab)
+    for _ in range(3 * KILLS + 20):
         kills_before = sum(lab.kills.values())
-        kill_after(lab, lab.rng.choice(COMMANDS))
+        if kills_before >= KILLS:
+            break
+        toggle_offline(lab)
+        kill_after(lab, least_killed(lab, list(COMMANDS)))
         check_after_kill(lab)
         kills = sum(lab.kills.values())
         if kills > kills_before and kills % clean_every == 0 and kills < KILLS:
             check_clean_pass(lab)
             clean_passes += 1
+    assert sum(lab.kills.values()) == KILLS, f"only {dict(lab.kills)} kills\n{lab.context()}"
+    assert len(lab.kills) == 4, f"not every command was killed: {dict(lab.kills)}"
+    return clean_passes
+
+
+def finish_cleanly(lab: Lab) -> Comparison:
+    """Frozen vendors, ``syncd sync`` to exit 0: the table equals the truth."""
     freeze(lab)
     clean_sync(lab)
     final = compare(truth(lab), truth(lab), stored(lab), stale=True)
     assert_clean(final, lab, "after the final sync")
-    rejected = assert_rejects_accounted(lab)
     clean_sync(lab)  # a second clean finish changes nothing
     again = compare(truth(lab), truth(lab), stored(lab), stale=True)
     assert_clean(again, lab, "after a second final sync")
     assert again.compared == final.compared
+    return final
+
+
+def test_sigkills_at_random_moments_then_a_clean_finish_lose_and_duplicate_nothing(
+    lab: Lab,
+) -> None:
+    started = time.monotonic()
+    clean_passes = kill_many(lab)
+    final = finish_cleanly(lab)
+    rejected = assert_rejects_accounted(lab)
     assert_no_secrets(lab.outputs, secrets(lab))
+    vendors = {source: len(events) for source, events in truth(lab).items()}
     print(
         f"\nsigkill ({'full' if FULL else 'reduced'}, seed {SEED}): "
         f"{sum(lab.kills.values())} kills {dict(sorted(lab.kills.items()))}, "
         f"{sum(lab.finished.values())} ended first {dict(sorted(lab.finished.items()))}, "
-        f"{clean_passes} intermediate clean passes; {final.compared} events compared "
-        f"({len(truth(lab)[DOORFLOW])} doorflow, {len(truth(lab)[INTSERV])} intserv), "
+        f"{clean_passes} intermediate clean syncs; {final.compared} events compared {vendors}, "
         f"{len(final.missing)} missing, {len(final.duplicated)} duplicated, "
         f"{len(final.stale)} stale, rejected {rejected}; "
         f"{len(lab.outputs)} outputs scanned; {time.monotonic() - started:.0f}s"
