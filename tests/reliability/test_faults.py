@@ -28,9 +28,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,14 +40,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from syncd.config import load_settings
+from syncd.db import migrate
 from syncd.db.engine import create_engine
-from syncd.db.schema import events
+from syncd.db.schema import events, rejected_events, sync_state
 from syncd.db.store import Store
-from syncd.scheduler import backoff_delay
+from syncd.scheduler import next_pass_delay
 from syncd.simulators import DoorFlowSimulator, IntServSimulator
 from syncd.sources.http import RetryPolicy
 from tests.integration import test_intserv_sync as intserv_checks
@@ -422,7 +427,7 @@ def fastest_schedule(
     fails every request from time 0: ``policy.attempts`` tries per pass, each retry
     after the shortest wait (the exponential backoff without its jitter, or the
     server's ``Retry-After``, both capped at ``max_wait``), a failed pass followed
-    by the scheduler's :func:`backoff_delay`."""
+    by the scheduler's :func:`next_pass_delay`."""
     times, now, failures = [], 0.0, 0
     while now <= horizon:
         for attempt in range(1, policy.attempts + 1):
@@ -431,7 +436,7 @@ def fastest_schedule(
                 backoff = min(policy.backoff_initial * 2 ** (attempt - 1), policy.backoff_max)
                 now += min(retry_after if retry_after is not None else backoff, policy.max_wait)
         failures += 1
-        now += backoff_delay(failures, interval)
+        now += next_pass_delay(failures, interval, retry_after, policy.max_wait)
     return times
 
 
@@ -555,5 +560,107 @@ def test_vendor_down_refused_then_503_then_429(
         f"\nfaults/vendor-down: DoorFlow down {sum(p.seconds for p in phases):.0f} s "
         f"(Retry-After {retry_after} s); {figures}; IntServ kept syncing; "
         f"caught up {recovered:.1f} s after return; "
+        f"{compared} events compared (0 missing, 0 duplicated, 0 stale)"
+    )
+
+
+# -- 3. a read-only database ------------------------------------------------------------
+
+
+@dataclass
+class Role:
+    """A login role syncd connects as, with the grants a deployment would give it."""
+
+    name: str
+    password: str
+    url: str  # as that role
+    admin: str  # psycopg DSN of a superuser, same database
+
+    def sql(self, statement: str) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(statement)
+
+
+@pytest.fixture
+def syncd_role(empty_pg_url: str) -> Iterator[Role]:
+    engine = create_engine(empty_pg_url, poolclass=sa.pool.NullPool)
+    migrate.upgrade(engine)  # as the superuser: the role only reads and writes rows
+    engine.dispose()
+    name, password = f"syncd_rw_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    admin = make_url(empty_pg_url).set(drivername="postgresql")
+    role = Role(
+        name,
+        password,
+        make_url(empty_pg_url).set(username=name, password=password).render_as_string(False),
+        admin.render_as_string(hide_password=False),
+    )
+    role.sql(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    role.sql(f"GRANT USAGE ON SCHEMA public TO {name}")
+    role.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name}")
+    role.sql(f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {name}")
+    yield role
+    role.sql(f"DROP OWNED BY {name}")  # its grants, so the role can go
+    role.sql(f"DROP ROLE {name}")
+
+
+def syncd_sync(config: Path, url: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "syncd.cli", "--config", str(config), "--database-url", url]
+    full_env = {**os.environ, **env}
+    full_env.pop("SYNCD_LOG_LEVEL", None)
+    return subprocess.run(
+        [*args, "sync"], env=full_env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def snapshot(engine: sa.Engine) -> tuple[list[Any], list[Any], list[Any]]:
+    """Every stored row: events, rejected records, and each source's cursor."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(events).order_by(events.c.id)).all()
+        rejected = conn.execute(sa.select(rejected_events).order_by(rejected_events.c.id)).all()
+        cursors = conn.execute(
+            sa.select(sync_state.c.source, sync_state.c.cursor).order_by(sync_state.c.source)
+        ).all()
+    return [tuple(r) for r in rows], [tuple(r) for r in rejected], [tuple(c) for c in cursors]
+
+
+def test_read_only_events_table_fails_cleanly_then_recovers(
+    syncd_role: Role, tmp_path: Path
+) -> None:
+    engine = create_engine(syncd_role.url, poolclass=sa.pool.NullPool)
+    with vendors(seed=51, rate=0.0) as world:
+        config = config_file(
+            tmp_path / "syncd.toml", free_port(), world.doorflow.base_url, world.intserv.base_url
+        )
+        first = syncd_sync(config, syncd_role.url, world.env)
+        assert first.returncode == 0, first.stderr
+        world.doorflow.generate(scaled(500, 50))  # something new for the next pass to write
+        world.intserv.generate(scaled(500, 50))
+        syncd_role.sql(f"REVOKE INSERT, UPDATE ON events FROM {syncd_role.name}")
+        before = snapshot(engine)
+        refused = syncd_sync(config, syncd_role.url, world.env)
+        after = snapshot(engine)
+        syncd_role.sql(f"GRANT INSERT, UPDATE ON events TO {syncd_role.name}")
+        again = syncd_sync(config, syncd_role.url, world.env)
+        assert again.returncode == 0, again.stderr
+        compared = assert_matches_truth(engine, world)
+    engine.dispose()
+    runs = (first, refused, again)
+    assert_no_secrets(
+        [run.stdout for run in runs] + [run.stderr for run in runs],
+        [*world.secrets, syncd_role.password],
+    )
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    # One line per source that failed (both write events), each naming the problem.
+    assert len(lines) == 2, f"not one line per source: {refused.stderr!r}"
+    for source, line in zip((DOORFLOW, INTSERV), lines, strict=True):
+        assert line.startswith(f"syncd: {source} failed: "), line
+        assert "permission denied for table events" in line, line
+    assert after == before, "a failed pass changed events, rejected_events or a cursor"
+    print(
+        f"\nfaults/read-only: sync without INSERT/UPDATE on events exited "
+        f"{refused.returncode} with one line per source ({lines[0]!r}), {len(before[0])} rows and "
+        f"{len(before[2])} cursors unchanged; after GRANT exit 0, "
         f"{compared} events compared (0 missing, 0 duplicated, 0 stale)"
     )
