@@ -38,7 +38,7 @@ import structlog
 from syncd import __version__
 from syncd.config import SourceConfig
 from syncd.db.store import SourceState, Store, WriteResult
-from syncd.errors import SourceError, WaitInterrupted
+from syncd.errors import RateLimited, SourceError, WaitInterrupted
 from syncd.prefetch import prefetched_batches
 from syncd.sources import source_class
 from syncd.sources.base import Page, Source, SourceContext
@@ -68,6 +68,8 @@ class PassResult:
     error: str | None = None
     kind: str = ""
     reconciled: ReconcileReport | None = None
+    retry_after: float | None = None
+    """A pass that failed on a 429: the wait the vendor asked for (its last word)."""
 
 
 def make_client(
@@ -431,4 +433,5 @@ def _failed(
         duration_s=duration,
         error=str(exc) if expected else message,
         kind=config.kind,
+        retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
     )

@@ -80,6 +80,18 @@ def backoff_delay(failures: int, interval: float) -> float:
     return min(grown, BACKOFF_MAX_FACTOR * interval, BACKOFF_MAX_SECONDS)
 
 
+def next_pass_delay(
+    failures: int, interval: float, retry_after: float | None, max_wait: float
+) -> float:
+    """Seconds until the next pass after a failed one: :func:`backoff_delay`, but
+    never sooner than the wait a 429 that ended the pass asked for (capped at
+    ``max_wait``, like a wait inside a pass)."""
+    delay = backoff_delay(failures, interval)
+    if retry_after is None:
+        return delay
+    return max(delay, min(retry_after, max_wait))
+
+
 def first_pass_offsets(intervals: Sequence[float], rng: random.Random) -> list[float]:
     """When each source's first pass starts (seconds from now): spread, soon."""
     return [rng.uniform(0.0, min(interval, FIRST_PASS_SPREAD)) for interval in intervals]
@@ -269,12 +281,13 @@ class PassScheduler:
             if result.written.inserted or not slot.newest_known:
                 self._update_newest(slot)
         elif not result.ok and not self.stopping.is_set():
-            self._back_off(slot)
+            self._back_off(slot, result.retry_after)
         if self.on_result is not None:
             self.on_result(result)
 
-    def _back_off(self, slot: _Slot) -> None:
-        delay = backoff_delay(slot.failures, slot.config.interval)
+    def _back_off(self, slot: _Slot, retry_after: float | None) -> None:
+        config = slot.config
+        delay = next_pass_delay(slot.failures, config.interval, retry_after, config.max_retry_wait)
         when = datetime.now(UTC) + timedelta(seconds=delay)
         try:
             self.scheduler.modify_job(slot.config.name, next_run_time=when)

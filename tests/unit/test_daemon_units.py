@@ -7,15 +7,17 @@ import random
 import shutil
 import subprocess
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncd.db.store import WriteResult
-from syncd.engine import PassResult
+from syncd.config import Secret, SourceConfig
+from syncd.db.store import Store, WriteResult
+from syncd.engine import PassResult, run_pass
 from syncd.metrics import UNKNOWN_SOURCE, CountingTransport, Metrics
-from syncd.scheduler import FIRST_PASS_SPREAD, backoff_delay, first_pass_offsets
+from syncd.scheduler import FIRST_PASS_SPREAD, backoff_delay, first_pass_offsets, next_pass_delay
 from syncd.sources.http import RETRY_REASONS
 
 FIXED_SERIES = 40  # histogram buckets per kind and the like, independent of sources
@@ -27,6 +29,26 @@ def test_backoff_grows_then_caps_at_five_intervals_and_300_s() -> None:
     assert [backoff_delay(n, 60) for n in (1, 2, 3, 4, 5, 50)] == [60, 120, 240, 300, 300, 300]
     assert backoff_delay(1, 600) == 300  # never later than 300 s
     assert backoff_delay(10_000, 1) == 5
+
+
+def test_a_pass_that_ended_on_a_429_is_not_followed_before_its_retry_after() -> None:
+    assert next_pass_delay(1, 1.0, None, 60.0) == 1.0
+    assert next_pass_delay(1, 1.0, 2.0, 60.0) == 2.0  # was 1 s: before the vendor's wait
+    assert next_pass_delay(3, 1.0, 2.0, 60.0) == 4.0  # the backoff is longer: kept
+    assert next_pass_delay(1, 10.0, 3600.0, 60.0) == 60.0  # capped like a wait in a pass
+
+
+def test_a_pass_failed_on_a_429_reports_the_wait_asked_for(sqlite_engine: Any) -> None:
+    def limited(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "rate_limited"})
+
+    config = SourceConfig(
+        name="hq", kind="doorflow", base_url="http://doorflow.test", token=Secret("t0ken"),
+        max_retries=1,
+    )  # fmt: skip
+    result = run_pass(Store(sqlite_engine), config, transport=httpx.MockTransport(limited))
+    assert not result.ok
+    assert result.retry_after == 7.0
 
 
 def test_first_passes_are_spread_over_the_first_interval_and_soon() -> None:
