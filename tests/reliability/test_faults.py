@@ -22,6 +22,7 @@ Sizes follow :func:`tests.reliability.scale.scaled` (``SYNCD_RELIABILITY=full``)
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import math
 import os
@@ -70,7 +71,12 @@ pytestmark = pytest.mark.postgres
 
 DOORFLOW = "hq"
 INTSERV = intserv_checks.SOURCE
-PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/local/bin")
+# Where Debian (any version, newest first) and source builds put initdb and pg_ctl.
+PG_BIN_DIRS = (
+    *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True),
+    "/usr/local/pgsql/bin",
+    "/usr/local/bin",
+)
 
 
 # -- the simulators and syncd's configuration -------------------------------------------
@@ -220,7 +226,10 @@ class Cluster:
 def cluster() -> Iterator[Cluster]:
     binaries = _pg_bin()
     if binaries is None:
-        pytest.skip("initdb/pg_ctl not found: cannot start a throwaway PostgreSQL to restart")
+        reason = "initdb/pg_ctl not found: cannot start a throwaway PostgreSQL to restart"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI must run this test: install postgresql)")
+        pytest.skip(reason)
     root = Path(tempfile.mkdtemp(prefix="syncd-rel-pg."))
     run_as: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root
