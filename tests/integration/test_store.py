@@ -263,7 +263,11 @@ def test_a_likely_new_page_is_stored_exactly_as_a_merged_one(store: Store) -> No
     store.write_page("merged", page, [], None, NOW)
     assert _columns(store, "direct") == _columns(store, "merged")
     # The payload is the JSON object itself, not a JSON string holding it.
-    assert rows(store, "direct")["7"].payload == {"id": 7, "person_name": "Person 7 v0", "version": 0}
+    assert rows(store, "direct")["7"].payload == {
+        "id": 7,
+        "person_name": "Person 7 v0",
+        "version": 0,
+    }
 
 
 def test_a_wrong_guess_costs_no_row(store: Store) -> None:

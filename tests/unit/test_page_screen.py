@@ -29,9 +29,13 @@ def render(value: Any, ascii_only: bool) -> bytes:
     if isinstance(value, list):
         return b"[" + b",".join(render(item, ascii_only) for item in value) + b"]"
     if isinstance(value, dict):
-        return b"{" + b",".join(
-            render(k, ascii_only) + b":" + render(v, ascii_only) for k, v in value.items()
-        ) + b"}"
+        return (
+            b"{"
+            + b",".join(
+                render(k, ascii_only) + b":" + render(v, ascii_only) for k, v in value.items()
+            )
+            + b"}"
+        )
     text = json.dumps(value, ensure_ascii=ascii_only)
     # Unescaped lone surrogates become raw surrogate bytes, as a broken encoder sends them.
     return text.encode("utf-8", "surrogatepass")
