@@ -74,6 +74,18 @@ class App:
         }
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # The GET's status and headers, and no body: bytes after a HEAD
+            # answer's headers would be read by a kept-alive client as the start
+            # of its next answer (cheroot sends whatever the app returns).
+            body = self._route({**environ, "REQUEST_METHOD": "GET"}, start)
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            return []
+        return self._route(environ, start)
+
+    def _route(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         if path.startswith(WEBHOOK_PREFIX):
@@ -81,7 +93,7 @@ class App:
         route = self._gets.get(path)
         if route is None:
             return _json(start, 404, {"error": "not_found"})
-        if method not in ("GET", "HEAD"):
+        if method != "GET":  # HEAD arrives here as a GET (see __call__)
             return _json(start, 405, {"error": "method_not_allowed"}, ("Allow", "GET, HEAD"))
         return route(environ, start)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import shutil
 import subprocess
+import threading
 from datetime import UTC, datetime
 
 import httpx
@@ -17,6 +19,7 @@ from syncd.engine import PassResult
 from syncd.metrics import UNKNOWN_SOURCE, CountingTransport, Metrics
 from syncd.scheduler import FIRST_PASS_SPREAD, backoff_delay, first_pass_offsets
 from syncd.sources.http import RETRY_REASONS
+from syncd.web import App, Routes, make_server
 
 FIXED_SERIES = 40  # histogram buckets per kind and the like, independent of sources
 SERIES_PER_SOURCE = 16
@@ -154,3 +157,40 @@ def test_promtool_accepts_the_exposition(tmp_path: object) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def test_head_answers_carry_no_body_so_a_kept_alive_connection_stays_in_step() -> None:
+    routes = Routes(
+        healthy=lambda: True,
+        not_ready=lambda: None,
+        webhook_secret=lambda source: None,
+        is_source=lambda source: False,
+        on_webhook=lambda source, answer: None,
+        metrics=Metrics(),
+    )
+    server = make_server(App(routes), "127.0.0.1", 0, threads=1)
+    server.prepare()
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.bind_addr[1], timeout=5)
+        answers = []
+        for method, path in [
+            ("HEAD", "/healthz"),
+            ("HEAD", "/metrics"),
+            ("HEAD", "/webhooks/doorflow/hq"),
+            ("GET", "/healthz"),  # on the same connection: in step only if no body came before
+        ]:
+            conn.request(method, path)
+            response = conn.getresponse()
+            answers.append((method, path, response.status, response.read()))
+        conn.close()
+    finally:
+        server.stop()
+        serving.join(timeout=5)
+    assert answers == [
+        ("HEAD", "/healthz", 200, b""),
+        ("HEAD", "/metrics", 200, b""),
+        ("HEAD", "/webhooks/doorflow/hq", 405, b""),
+        ("GET", "/healthz", 200, b'{"status":"ok"}'),
+    ]
