@@ -10,6 +10,7 @@ never gets a 5xx.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ class App:
         }
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            buffered = _buffer_chunked(environ)
+            if buffered is None:  # cheroot closes the connection after a 413
+                return self._too_large(environ, start)
+            environ = buffered
         if environ.get("REQUEST_METHOD") == "HEAD":
             # The GET's status and headers, and no body: bytes after a HEAD
             # answer's headers would be read by a kept-alive client as the start
@@ -96,6 +102,14 @@ class App:
         if method != "GET":  # HEAD arrives here as a GET (see __call__)
             return _json(start, 405, {"error": "method_not_allowed"}, ("Allow", "GET, HEAD"))
         return route(environ, start)
+
+    def _too_large(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        if path.startswith(WEBHOOK_PREFIX):
+            source = path[len(WEBHOOK_PREFIX) :]
+            label = source if self.routes.is_source(source) else UNKNOWN_SOURCE
+            self.routes.metrics.webhook_answered(label, 413)
+        return _json(start, 413, {"error": "body_too_large", "limit_bytes": MAX_BODY})
 
     def _healthz(self, _environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         if self.routes.healthy():
@@ -150,6 +164,23 @@ def _read_body(environ: Mapping[str, Any]) -> bytes | None:
     except (ValueError, OSError):  # cheroot's own limit on a chunked body
         return None
     return None if len(data) > MAX_BODY else data
+
+
+def _buffer_chunked(environ: dict[str, Any]) -> dict[str, Any] | None:
+    """``environ`` with its chunked body read to the end; None when past MAX_BODY.
+
+    cheroot reads what is left of an unread Content-Length body before the
+    next request on a kept-alive connection, but not of a chunked one: the
+    rest was parsed as the next request line, and the client's next request
+    (a valid webhook, say) got cheroot's 400. Every route sees the body as
+    if it had come with a Content-Length.
+    """
+    data = _read_body(environ)
+    if data is None:
+        return None
+    environ = {**environ, "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data))}
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    return environ
 
 
 def make_server(app: App, host: str, port: int, threads: int = 4) -> wsgi.Server:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import http.client
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
@@ -159,12 +163,14 @@ def test_promtool_accepts_the_exposition(tmp_path: object) -> None:
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
 
 
-def test_head_answers_carry_no_body_so_a_kept_alive_connection_stays_in_step() -> None:
+@contextmanager
+def _serving() -> Iterator[int]:
+    """The daemon's WSGI app on a real cheroot server; yields its port."""
     routes = Routes(
         healthy=lambda: True,
         not_ready=lambda: None,
-        webhook_secret=lambda source: None,
-        is_source=lambda source: False,
+        webhook_secret=lambda source: b"secret" if source == "hq" else None,
+        is_source=lambda source: source == "hq",
         on_webhook=lambda source, answer: None,
         metrics=Metrics(),
     )
@@ -173,7 +179,15 @@ def test_head_answers_carry_no_body_so_a_kept_alive_connection_stays_in_step() -
     serving = threading.Thread(target=server.serve, daemon=True)
     serving.start()
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.bind_addr[1], timeout=5)
+        yield server.bind_addr[1]
+    finally:
+        server.stop()
+        serving.join(timeout=5)
+
+
+def test_head_answers_carry_no_body_so_a_kept_alive_connection_stays_in_step() -> None:
+    with _serving() as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         answers = []
         for method, path in [
             ("HEAD", "/healthz"),
@@ -185,12 +199,31 @@ def test_head_answers_carry_no_body_so_a_kept_alive_connection_stays_in_step() -
             response = conn.getresponse()
             answers.append((method, path, response.status, response.read()))
         conn.close()
-    finally:
-        server.stop()
-        serving.join(timeout=5)
     assert answers == [
         ("HEAD", "/healthz", 200, b""),
         ("HEAD", "/metrics", 200, b""),
         ("HEAD", "/webhooks/doorflow/hq", 405, b""),
         ("GET", "/healthz", 200, b'{"status":"ok"}'),
     ]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /webhooks/doorflow/hq HTTP/1.1",  # 405, body never read by the route
+        b"POST /webhooks/doorflow/unknown HTTP/1.1",  # 404, likewise
+        b"HEAD /healthz HTTP/1.1",
+        b"POST /webhooks/doorflow/hq HTTP/1.1",  # 401, body read
+    ],
+)
+def test_an_unread_chunked_body_is_not_read_as_the_next_request(first: bytes) -> None:
+    chunked = first + b"\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    then = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with _serving() as port, socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(chunked + then)  # pipelined: the second request follows the body at once
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert len(statuses) == 2, received
+    assert statuses[1] == b"200", received
