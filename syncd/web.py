@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cheroot.server
 import orjson
 import structlog
 from cheroot import wsgi
@@ -183,9 +184,32 @@ def _buffer_chunked(environ: dict[str, Any]) -> dict[str, Any] | None:
     return environ
 
 
+# What cheroot answers with a 5xx to a request it will not parse, though the
+# sender alone caused it (an HTTP version it does not speak, a transfer coding
+# other than chunked): 400s here, as the contract wants ("never a 5xx for
+# anything the sender controls").
+_SENDER_FAULTS = {
+    "501": "Transfer-Encoding not supported",
+    "505": "HTTP version not supported",
+}
+
+
+class _Request(cheroot.server.HTTPRequest):
+    def simple_response(self, status: Any, msg: str = "") -> None:
+        fault = _SENDER_FAULTS.get(str(status)[:3])
+        if fault is not None:
+            status, msg = "400 Bad Request", fault
+        super().simple_response(status, msg)
+
+
+class _Connection(cheroot.server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+
 def make_server(app: App, host: str, port: int, threads: int = 4) -> wsgi.Server:
     """A cheroot server for ``app``; call ``prepare()`` (binds), ``serve()``, ``stop()``."""
     server = wsgi.Server((host, port), app, numthreads=threads, shutdown_timeout=2, timeout=10)
+    server.ConnectionClass = _Connection
     server.max_request_header_size = MAX_HEADER_BYTES
     server.max_request_body_size = SERVER_BODY_LIMIT
     return server

@@ -227,3 +227,18 @@ def test_an_unread_chunked_body_is_not_read_as_the_next_request(first: bytes) ->
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
     assert len(statuses) == 2, received
     assert statuses[1] == b"200", received
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"POST /webhooks/doorflow/hq HTTP/9.9\r\nHost: x\r\n\r\n",  # cheroot: 505
+        b"POST /webhooks/doorflow/hq HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",  # 501
+    ],
+)
+def test_requests_cheroot_cannot_parse_get_a_4xx_never_a_5xx(request_line: bytes) -> None:
+    with _serving() as port, socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request_line)
+        sock.shutdown(socket.SHUT_WR)
+        received = sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request"), received
