@@ -336,7 +336,7 @@ def test_webhook_fuzz_never_5xx_never_dies_never_fetches_elsewhere(
                         assert answer.status_code == expected, (case[:3], answer.status_code)
                     if answer.status_code == 200:
                         accepted = orjson.loads(answer.content)["accepted"]
-                        notes = orjson.loads(payload)
+                        notes = orjson.loads(bytes(payload))
                         notes = [notes] if isinstance(notes, dict) else notes
                         assert accepted == len(notes)
                         for note in notes:
