@@ -29,6 +29,7 @@ import math
 import os
 import pkgutil
 import re
+import ssl
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
@@ -116,6 +117,17 @@ class SourceConfig:
     timezone: str = "UTC"
     business_hours: tuple[time, time] = (time(6, 0), time(21, 0))
     max_pass_duration: float = 3600.0
+    ca_file: Path | None = None  # PEM CA bundle the vendor's certificate is verified against
+
+    def tls_verify(self) -> ssl.SSLContext:
+        """What the source's HTTP client verifies the vendor's certificate with.
+
+        The system's trust store, or only the CAs of ``ca_file`` (a private CA,
+        a self-signed certificate). Verification itself is never optional.
+        """
+        return ssl.create_default_context(
+            cafile=str(self.ca_file) if self.ca_file is not None else None
+        )
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,7 @@ _SOURCE_PLAIN_KEYS = (
     "timezone",
     "business_hours",
     "max_pass_duration",
+    "ca_file",
 )
 _SOURCE_KEYS = frozenset(
     _SOURCE_PLAIN_KEYS + tuple(f"{k}_{how}" for k in _SECRET_KEYS for how in ("env", "file"))
@@ -500,6 +513,7 @@ def _parse_source(
     denied = p.boolean("include_access_denied")
     start = _parse_start(table.get("start"), label)
     systems = _parse_systems(table.get("systems"), label)
+    ca_file = _parse_ca_file(table.get("ca_file"), label, secret_dir)
 
     secrets = _SecretReader(table, label, env, secret_dir)
     present = {key for key in _SECRET_KEYS if secrets.configured(key)}
@@ -545,6 +559,7 @@ def _parse_source(
         timezone=timezone,
         business_hours=business_hours,
         max_pass_duration=max_pass_duration,
+        ca_file=ca_file,
     )
 
 
@@ -618,6 +633,30 @@ def _parse_base_url(table: dict[str, Any], label: str) -> str:
             f"{label}.base_url must not contain credentials: use token_env/api_key_env instead"
         )
     return url.rstrip("/")
+
+
+def _parse_ca_file(value: object, label: str, base_dir: Path) -> Path | None:
+    """A readable PEM CA bundle (relative to the config file's directory), or None."""
+    if value is None:
+        return None
+    where = f"{label}.ca_file"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where} must be the path of a PEM CA bundle, got {_describe(value)}")
+    path = _expand(Path(value.strip()), where)
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{where}: cannot read {str(path)!r}: {reason}") from None
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError):
+        raise ConfigError(
+            f"{where}: {str(path)!r} holds no PEM certificate (expected a CA bundle)"
+        ) from None
+    return path
 
 
 def _parse_start(value: object, label: str) -> datetime | None:

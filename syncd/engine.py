@@ -81,9 +81,13 @@ def make_client(
 
     Redirects stay off (httpx's default): a vendor API that redirects is
     misconfigured, and following one could send credentials elsewhere.
+    Certificates are verified against the system's trust store, or the
+    source's ``ca_file`` (:meth:`SourceConfig.tls_verify`); a ``transport``
+    given brings its own verification (the daemon's, built the same way).
     """
     return httpx.Client(
         base_url=config.base_url,
+        verify=config.tls_verify() if transport is None else True,
         timeout=httpx.Timeout(config.timeout),
         headers={"User-Agent": f"syncd/{__version__}", "Accept": "application/json"},
         transport=transport,

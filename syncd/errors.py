@@ -17,6 +17,8 @@ text::
         ├── WaitInterrupted     a retry wait was cut short: the daemon is stopping
         │                       or the pass ran past its maximum duration
         ├── AuthError           401/403: wrong, expired or revoked credentials
+        ├── CertificateError    the vendor's TLS certificate failed verification:
+        │                       not retried (trust its CA with ``ca_file``)
         └── RequestRejected     any other 4xx: retrying would not help
             └── ContinuationRejected   a paging token the server no longer
                                        accepts; the pass restarts from its cursor
@@ -78,6 +80,13 @@ class WaitInterrupted(SourceError):
 
 class AuthError(SourceError):
     """The vendor refused the credentials (401/403)."""
+
+
+class CertificateError(SourceError):
+    """The vendor's TLS certificate failed verification (untrusted CA, wrong host, expired).
+
+    Not transient: the same certificate fails the same way on every attempt.
+    """
 
 
 class RequestRejected(SourceError):

@@ -10,11 +10,13 @@ never gets a 5xx.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cheroot.server
 import orjson
 import structlog
 from cheroot import wsgi
@@ -74,6 +76,23 @@ class App:
         }
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            buffered = _buffer_chunked(environ)
+            if buffered is None:  # cheroot closes the connection after a 413
+                return self._too_large(environ, start)
+            environ = buffered
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # The GET's status and headers, and no body: bytes after a HEAD
+            # answer's headers would be read by a kept-alive client as the start
+            # of its next answer (cheroot sends whatever the app returns).
+            body = self._route({**environ, "REQUEST_METHOD": "GET"}, start)
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            return []
+        return self._route(environ, start)
+
+    def _route(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         if path.startswith(WEBHOOK_PREFIX):
@@ -81,9 +100,17 @@ class App:
         route = self._gets.get(path)
         if route is None:
             return _json(start, 404, {"error": "not_found"})
-        if method not in ("GET", "HEAD"):
+        if method != "GET":  # HEAD arrives here as a GET (see __call__)
             return _json(start, 405, {"error": "method_not_allowed"}, ("Allow", "GET, HEAD"))
         return route(environ, start)
+
+    def _too_large(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        if path.startswith(WEBHOOK_PREFIX):
+            source = path[len(WEBHOOK_PREFIX) :]
+            label = source if self.routes.is_source(source) else UNKNOWN_SOURCE
+            self.routes.metrics.webhook_answered(label, 413)
+        return _json(start, 413, {"error": "body_too_large", "limit_bytes": MAX_BODY})
 
     def _healthz(self, _environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         if self.routes.healthy():
@@ -140,9 +167,49 @@ def _read_body(environ: Mapping[str, Any]) -> bytes | None:
     return None if len(data) > MAX_BODY else data
 
 
+def _buffer_chunked(environ: dict[str, Any]) -> dict[str, Any] | None:
+    """``environ`` with its chunked body read to the end; None when past MAX_BODY.
+
+    cheroot reads what is left of an unread Content-Length body before the
+    next request on a kept-alive connection, but not of a chunked one: the
+    rest was parsed as the next request line, and the client's next request
+    (a valid webhook, say) got cheroot's 400. Every route sees the body as
+    if it had come with a Content-Length.
+    """
+    data = _read_body(environ)
+    if data is None:
+        return None
+    environ = {**environ, "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data))}
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    return environ
+
+
+# What cheroot answers with a 5xx to a request it will not parse, though the
+# sender alone caused it (an HTTP version it does not speak, a transfer coding
+# other than chunked): 400s here, as the contract wants ("never a 5xx for
+# anything the sender controls").
+_SENDER_FAULTS = {
+    "501": "Transfer-Encoding not supported",
+    "505": "HTTP version not supported",
+}
+
+
+class _Request(cheroot.server.HTTPRequest):
+    def simple_response(self, status: Any, msg: str = "") -> None:
+        fault = _SENDER_FAULTS.get(str(status)[:3])
+        if fault is not None:
+            status, msg = "400 Bad Request", fault
+        super().simple_response(status, msg)
+
+
+class _Connection(cheroot.server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+
 def make_server(app: App, host: str, port: int, threads: int = 4) -> wsgi.Server:
     """A cheroot server for ``app``; call ``prepare()`` (binds), ``serve()``, ``stop()``."""
     server = wsgi.Server((host, port), app, numthreads=threads, shutdown_timeout=2, timeout=10)
+    server.ConnectionClass = _Connection
     server.max_request_header_size = MAX_HEADER_BYTES
     server.max_request_body_size = SERVER_BODY_LIMIT
     return server

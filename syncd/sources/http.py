@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ import tenacity
 from syncd.errors import (
     AuthError,
     BadBody,
+    CertificateError,
     ConnectionDropped,
     RateLimited,
     RequestRejected,
@@ -313,9 +315,39 @@ def _attempt(
     except httpx.TimeoutException as exc:
         raise RequestTimeout(f"request timed out: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
+        problem = certificate_problem(exc)
+        if problem is not None:
+            raise CertificateError(
+                f"certificate verify failed: {problem} ({_origin(exc)}); "
+                "if that certificate is right, trust its CA with ca_file"
+            ) from exc
         raise ConnectionDropped(f"connection failed: {type(exc).__name__}") from exc
     raise_for_status(response)
     return response, parse(response)
+
+
+def certificate_problem(exc: BaseException) -> str | None:
+    """What certificate verification said, when that is what ``exc`` comes from.
+
+    httpx wraps the ``ssl`` error (through httpcore's) in a ``ConnectError``
+    whose own text is not kept by :func:`send`'s message; the cause is.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or "certificate not trusted"
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _origin(exc: httpx.TransportError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without its request
+        return "the vendor"
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 __all__ = [
@@ -323,6 +355,7 @@ __all__ = [
     "JsonPage",
     "RetryHooks",
     "RetryPolicy",
+    "certificate_problem",
     "error_body",
     "parse_json",
     "parse_page",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import textwrap
 from datetime import UTC, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from syncd.config import (
     normalize_database_url,
 )
 from syncd.errors import ConfigError
+from tests.tlscerts import self_signed
 
 TOKEN = "tok-SUPERSECRET-1"
 API_KEY = "key-SUPERSECRET-2"
@@ -393,6 +395,47 @@ def test_relative_secret_file_is_relative_to_the_config_file(tmp_path: Path) -> 
     path = write(conf_dir, source(token_env=None, token_file="secrets/token"))
     settings = load_settings(path, environ={}, cwd=tmp_path)
     assert settings.sources[0].token == Secret(TOKEN)
+
+
+def test_ca_file_relative_to_the_config_file_verifies_against_that_bundle_only(
+    tmp_path: Path,
+) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    cert, _ = self_signed(conf_dir)
+    path = write(conf_dir, source(ca_file=cert.name))
+    src = load_settings(path, environ=ENV, cwd=tmp_path).sources[0]
+    assert src.ca_file == cert
+    context = src.tls_verify()
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "127.0.0.1"),),)]
+
+
+def test_without_ca_file_certificates_are_verified_against_the_system_store(
+    tmp_path: Path,
+) -> None:
+    src = load(tmp_path, source()).sources[0]
+    assert src.ca_file is None
+    context = src.tls_verify()
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("missing.pem", "sources[hq].ca_file: cannot read '{dir}/missing.pem': No such file"),
+        (".", "sources[hq].ca_file: cannot read '{dir}': Is a directory"),
+        ("not-pem.txt", "sources[hq].ca_file: '{dir}/not-pem.txt' holds no PEM certificate"),
+        ("", "sources[hq].ca_file must be the path of a PEM CA bundle, got"),
+        (Raw("true"), "sources[hq].ca_file must be the path of a PEM CA bundle, got"),
+    ],
+)
+def test_ca_file_problems_are_one_clear_line(tmp_path: Path, value: str, expected: str) -> None:
+    (tmp_path / "not-pem.txt").write_text("hello\n", encoding="utf-8")
+    message = error(tmp_path, source(ca_file=value))
+    assert message.startswith(expected.format(dir=tmp_path).replace("/.'", "'")), message
 
 
 def test_oauth_from_files(tmp_path: Path) -> None:

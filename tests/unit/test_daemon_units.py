@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +25,7 @@ from syncd.engine import PassResult, run_pass
 from syncd.metrics import UNKNOWN_SOURCE, CountingTransport, Metrics
 from syncd.scheduler import FIRST_PASS_SPREAD, backoff_delay, first_pass_offsets, next_pass_delay
 from syncd.sources.http import RETRY_REASONS
+from syncd.web import App, Routes, make_server
 
 FIXED_SERIES = 40  # histogram buckets per kind and the like, independent of sources
 SERIES_PER_SOURCE = 16
@@ -176,3 +183,84 @@ def test_promtool_accepts_the_exposition(tmp_path: object) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+@contextmanager
+def _serving() -> Iterator[int]:
+    """The daemon's WSGI app on a real cheroot server; yields its port."""
+    routes = Routes(
+        healthy=lambda: True,
+        not_ready=lambda: None,
+        webhook_secret=lambda source: b"secret" if source == "hq" else None,
+        is_source=lambda source: source == "hq",
+        on_webhook=lambda source, answer: None,
+        metrics=Metrics(),
+    )
+    server = make_server(App(routes), "127.0.0.1", 0, threads=1)
+    server.prepare()
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    try:
+        yield server.bind_addr[1]
+    finally:
+        server.stop()
+        serving.join(timeout=5)
+
+
+def test_head_answers_carry_no_body_so_a_kept_alive_connection_stays_in_step() -> None:
+    with _serving() as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        answers = []
+        for method, path in [
+            ("HEAD", "/healthz"),
+            ("HEAD", "/metrics"),
+            ("HEAD", "/webhooks/doorflow/hq"),
+            ("GET", "/healthz"),  # on the same connection: in step only if no body came before
+        ]:
+            conn.request(method, path)
+            response = conn.getresponse()
+            answers.append((method, path, response.status, response.read()))
+        conn.close()
+    assert answers == [
+        ("HEAD", "/healthz", 200, b""),
+        ("HEAD", "/metrics", 200, b""),
+        ("HEAD", "/webhooks/doorflow/hq", 405, b""),
+        ("GET", "/healthz", 200, b'{"status":"ok"}'),
+    ]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /webhooks/doorflow/hq HTTP/1.1",  # 405, body never read by the route
+        b"POST /webhooks/doorflow/unknown HTTP/1.1",  # 404, likewise
+        b"HEAD /healthz HTTP/1.1",
+        b"POST /webhooks/doorflow/hq HTTP/1.1",  # 401, body read
+    ],
+)
+def test_an_unread_chunked_body_is_not_read_as_the_next_request(first: bytes) -> None:
+    chunked = first + b"\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    then = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with _serving() as port, socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(chunked + then)  # pipelined: the second request follows the body at once
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert len(statuses) == 2, received
+    assert statuses[1] == b"200", received
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"POST /webhooks/doorflow/hq HTTP/9.9\r\nHost: x\r\n\r\n",  # cheroot: 505
+        b"POST /webhooks/doorflow/hq HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",  # 501
+    ],
+)
+def test_requests_cheroot_cannot_parse_get_a_4xx_never_a_5xx(request_line: bytes) -> None:
+    with _serving() as port, socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request_line)
+        sock.shutdown(socket.SHUT_WR)
+        received = sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request"), received

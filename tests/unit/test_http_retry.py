@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ import pytest
 
 from syncd.errors import (
     BadBody,
+    CertificateError,
     ConnectionDropped,
     RateLimited,
     RequestTimeout,
@@ -18,7 +20,7 @@ from syncd.errors import (
     TransientError,
     WaitInterrupted,
 )
-from syncd.sources.http import RetryHooks, RetryPolicy, retry_reason, send
+from syncd.sources.http import RetryHooks, RetryPolicy, certificate_problem, retry_reason, send
 
 FAST: dict[str, float] = {"backoff_initial": 0.001, "backoff_max": 0.002}
 
@@ -95,3 +97,25 @@ def test_without_hooks_the_last_error_is_raised_after_the_attempts() -> None:
     client = _client(iter([_answer(502)] * 2))
     with pytest.raises(ServerError):
         send(client, lambda c: c.get("/x"), policy=RetryPolicy(attempts=2, **FAST), source="hq")
+
+
+def test_a_certificate_that_fails_verification_is_one_clear_error_and_not_retried() -> None:
+    def untrusted(request: httpx.Request) -> httpx.Response:
+        cause = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")
+        cause.verify_message = "self-signed certificate"
+        raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] ...", request=request) from cause
+
+    calls = iter([untrusted, _answer(200)])
+    with pytest.raises(CertificateError) as info:
+        send(
+            _client(calls),
+            lambda c: c.get("/x"),
+            policy=RetryPolicy(attempts=3, **FAST),
+            source="hq",
+        )
+    message = str(info.value)
+    assert message.startswith("certificate verify failed: self-signed certificate"), message
+    assert "http://vendor.test" in message
+    assert "ca_file" in message
+    assert next(calls, None) is not None, "retried"
+    assert certificate_problem(httpx.ConnectError("refused")) is None
