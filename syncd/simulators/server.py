@@ -180,6 +180,13 @@ class _Server(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away mid-request (a killed syncd, a closed
+        # keep-alive) is the client's business: no traceback on stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """Wake every handler blocked on an idle keep-alive connection."""
         with self._connections_lock:

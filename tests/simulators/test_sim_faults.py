@@ -3,6 +3,8 @@ latency; seeded per-request probabilities, settable at run time."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -166,3 +168,21 @@ def test_concurrent_clients_get_consistent_pages(clock: SimClock) -> None:
             results = list(pool.map(pull, range(8)))
         assert all(r == results[0] for r in results)
         assert sim.stats["requests"] == 24
+
+
+def test_a_client_that_resets_its_connection_prints_no_traceback(
+    clock: SimClock, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A syncd killed mid-request resets its connections: the simulator's business is
+    to go on serving, not to print a traceback per connection."""
+    with DoorFlowSimulator(seed=1, history=10, clock=clock) as sim:
+        host, port = sim.base_url.removeprefix("http://").split(":")
+        for _ in range(3):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /api/3/events HTTP/1.1\r\nHost: x\r\n")  # headers unfinished
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # an RST, as from a killed process
+        time.sleep(0.3)
+        with client(sim.base_url, sim.token) as http:
+            assert http.get("/api/3/events").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
