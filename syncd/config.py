@@ -122,12 +122,16 @@ class SourceConfig:
     def tls_verify(self) -> ssl.SSLContext:
         """What the source's HTTP client verifies the vendor's certificate with.
 
-        The system's trust store, or only the CAs of ``ca_file`` (a private CA,
-        a self-signed certificate). Verification itself is never optional.
+        httpx's default trust (certifi's bundle, or ``SSL_CERT_FILE`` /
+        ``SSL_CERT_DIR``), as before ``ca_file`` existed; or only the CAs of
+        ``ca_file`` (a private CA, a self-signed certificate). Verification
+        itself is never optional.
         """
-        return ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
+        if self.ca_file is None:
+            import httpx  # the HTTP layer's own default; config stays import-light
+
+            return httpx.create_ssl_context()
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def make_client(
 
     Redirects stay off (httpx's default): a vendor API that redirects is
     misconfigured, and following one could send credentials elsewhere.
-    Certificates are verified against the system's trust store, or the
+    Certificates are verified against httpx's default trust store, or the
     source's ``ca_file`` (:meth:`SourceConfig.tls_verify`); a ``transport``
     given brings its own verification (the daemon's, built the same way).
     """

@@ -65,7 +65,7 @@ TransportFactory = Callable[[SourceConfig], httpx.BaseTransport]
 def shared_tls_transports() -> TransportFactory:
     """Transports that share TLS contexts: building a context costs ~0.2 s of CPU
     and a few hundred kB, once per source otherwise (1,000 sources: minutes).
-    One context per distinct ``ca_file`` (None: the system's trust store)."""
+    One context per distinct ``ca_file`` (None: httpx's default trust store)."""
     contexts: dict[Path | None, ssl.SSLContext] = {}
     lock = threading.Lock()
 

@@ -8,6 +8,7 @@ import textwrap
 from datetime import UTC, datetime, time, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
 from syncd import config
@@ -412,14 +413,21 @@ def test_ca_file_relative_to_the_config_file_verifies_against_that_bundle_only(
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "127.0.0.1"),),)]
 
 
-def test_without_ca_file_certificates_are_verified_against_the_system_store(
-    tmp_path: Path,
+def test_without_ca_file_certificates_are_verified_against_httpx_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = load(tmp_path, source()).sources[0]
     assert src.ca_file is None
     context = src.tls_verify()
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
+    # The same CAs as httpx's own default (certifi's bundle, what syncd trusted
+    # before ca_file existed), not whatever the host's OpenSSL directory holds.
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    trusted = src.tls_verify().get_ca_certs()
+    assert trusted, "no CA loaded: not certifi's bundle"
+    assert trusted == httpx.create_ssl_context().get_ca_certs()
 
 
 @pytest.mark.parametrize(
