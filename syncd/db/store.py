@@ -708,27 +708,31 @@ class Store:
     @contextmanager
     def _lock(self, namespace: str, source: str) -> Iterator[bool]:
         if self.dialect == "postgresql":
-            with self._advisory_lock(lock_key(source, namespace), source) as acquired:
+            # The refresh lock is taken inside a pass: it must not stand in for
+            # the pass lock's connection, which page writes check.
+            track = namespace != "refresh"
+            with self._advisory_lock(lock_key(source, namespace), source, track) as acquired:
                 yield acquired
         else:
             with self._file_lock(namespace, source) as acquired:
                 yield acquired
 
     @contextmanager
-    def _advisory_lock(self, key: int, source: str) -> Iterator[bool]:
+    def _advisory_lock(self, key: int, source: str, track: bool = True) -> Iterator[bool]:
         holder = (source, threading.get_ident())
         with self.engine.connect() as conn:
             acquired = bool(
                 conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
             )
             conn.commit()
-            if acquired:
+            if acquired and track:
                 self._lock_conns[holder] = conn
             try:
                 yield acquired
             finally:
                 if acquired:
-                    self._lock_conns.pop(holder, None)
+                    if track:
+                        self._lock_conns.pop(holder, None)
                     try:
                         conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                         conn.commit()
