@@ -237,3 +237,19 @@ def test_the_refresh_lock_serializes_holders(store: Store) -> None:
     with store.refresh_lock("hq"), pytest.raises(CredentialStoreError, match="held"):  # noqa: SIM117
         with Store(store.engine).refresh_lock("hq", timeout=0.2):
             pass
+
+
+def test_a_failed_statement_never_shows_its_parameters(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    from syncd.engine import describe_error
+
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    secret = "-".join(["dfr", "PARAM", "SECRET"])
+    store.save_refresh_token("hq", "first", now)
+    _refuse_token_writes(store)
+    with pytest.raises(sa.exc.SQLAlchemyError) as failed:
+        store.save_refresh_token("hq", secret, now)
+    assert "token writes refused" in describe_error(failed.value)
+    assert secret not in describe_error(failed.value)
+    assert secret not in str(failed.value)  # hide_parameters: not even in its own text
