@@ -33,7 +33,7 @@ import httpx
 import orjson
 import structlog
 
-from syncd.errors import AuthError, CredentialStoreError
+from syncd.errors import AuthError, CredentialStoreError, ServerError
 
 log = structlog.get_logger(__name__)
 
@@ -245,7 +245,13 @@ def token_error(response: httpx.Response) -> str | None:
 
 
 def parse_token_answer(response: httpx.Response, source: str) -> TokenAnswer:
-    """The token endpoint's answer, or :class:`AuthError` naming the fix."""
+    """The token endpoint's answer, or :class:`AuthError` naming the fix.
+
+    A 5xx is the vendor's trouble, not the grant's: a :class:`ServerError`,
+    retried like any other (the refresh token was not spent).
+    """
+    if response.status_code >= 500:
+        raise ServerError(f"OAuth token endpoint answered HTTP {response.status_code}")
     if response.status_code != 200:
         code = token_error(response)
         said = f" ({code})" if code else ""

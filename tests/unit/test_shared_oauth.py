@@ -253,3 +253,24 @@ def test_a_failed_statement_never_shows_its_parameters(store: Store) -> None:
     assert "token writes refused" in describe_error(failed.value)
     assert secret not in describe_error(failed.value)
     assert secret not in str(failed.value)  # hide_parameters: not even in its own text
+
+
+def test_a_5xx_from_the_token_endpoint_is_transient(store: Store) -> None:
+    from syncd.errors import ServerError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"error": "unavailable"})
+
+    auth = SharedOAuth(
+        source="hq",
+        token_url=TOKEN_URL,
+        client_id="cid",
+        client_secret="cs",
+        configured="r0",
+        credentials=StoredCredentials(store, "hq"),
+    )
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as client,
+        pytest.raises(ServerError),
+    ):
+        get(client)
