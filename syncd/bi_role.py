@@ -38,8 +38,14 @@ __all__ = [
 
 PASSWORD_VARIABLE = "bi_password"  # noqa: S105 (the name of a psql variable)
 # sync_state's columns a BI role may not read: the rotated OAuth refresh token,
-# and (from a later migration) the digest of the configured one it descends from.
-SECRET_COLUMNS = {"sync_state": ("refresh_token", "refresh_token_origin")}
+# the digest of the configured one it descends from, and the shared access token.
+SECRET_COLUMNS = {
+    "sync_state": (
+        "refresh_token",
+        "refresh_token_origin",
+        "access_token",
+    )
+}
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TIMEOUT = re.compile(r"^\d+(ms|s|min|h)?$")
 

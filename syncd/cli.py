@@ -759,6 +759,40 @@ def _apply_role(engine: sa.Engine, recipe: RoleRecipe, password: str) -> None:
             conn.exec_driver_sql(statement)
 
 
+@cli.group()
+def auth() -> None:
+    """Authorize syncd at a vendor (OAuth), storing the grant in the database."""
+
+
+@auth.command("doorflow")
+@click.option("--source", "name", required=True, metavar="NAME", help="The DoorFlow source.")
+@click.option(
+    "--port",
+    default=8765,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Loopback port of the redirect URI http://127.0.0.1:PORT/callback.",
+)
+@click.option(
+    "--no-browser",
+    is_flag=True,
+    help="Print the URL and read the redirect address (or code) from standard input.",
+)
+@pass_context
+def auth_doorflow(ctx: Context, name: str, port: int, no_browser: bool) -> None:
+    """The OAuth authorization-code grant with PKCE; stores the refresh token."""
+    from syncd.authorize import authorize
+    from syncd.db.store import Store
+
+    config = ctx.settings.source(name)
+    store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    authorize(store, config, port=port, browser=not no_browser)
+    click.echo(
+        f"{name}: authorized; the refresh token is stored in the database "
+        f"(refresh_token_env is not needed). Next: syncd sync --source {name}"
+    )
+
+
 cli.add_command(simulate)
 
 

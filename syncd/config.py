@@ -84,11 +84,15 @@ class Secret:
 
 @dataclass(frozen=True)
 class OAuthCredentials:
-    """A DoorFlow OAuth application plus the (initial) refresh token."""
+    """A DoorFlow OAuth application plus the (initial) refresh token.
+
+    ``refresh_token`` is None when the grant comes from ``syncd auth doorflow``
+    (stored in ``sync_state``); a pass without either says to run it.
+    """
 
     client_id: Secret
     client_secret: Secret
-    refresh_token: Secret
+    refresh_token: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ _SECRET_KEYS = (
     "webhook_secret",
 )
 _OAUTH_PARTS = ("client_id", "client_secret", "refresh_token")
+# refresh_token may instead be stored by `syncd auth doorflow`
+_OAUTH_REQUIRED = ("client_id", "client_secret")
 
 _SOURCE_PLAIN_KEYS = (
     "name",
@@ -238,7 +244,8 @@ _CREDENTIALS: dict[str, tuple[str, ...]] = {
 _CREDENTIAL_HINT = {
     "token": "token_env/token_file (bearer token)",
     "api_key": "api_key_env/api_key_file",
-    "oauth": "client_id_env + client_secret_env + refresh_token_env (OAuth; or their _file forms)",
+    "oauth": "client_id_env + client_secret_env + refresh_token_env (OAuth; or their _file "
+    "forms; refresh_token_env may be left out once `syncd auth doorflow` stored a token)",
 }
 
 
@@ -522,10 +529,11 @@ def _parse_source(
     secrets = _SecretReader(table, label, env, secret_dir)
     present = {key for key in _SECRET_KEYS if secrets.configured(key)}
     oauth_present = present & set(_OAUTH_PARTS)
-    if oauth_present and oauth_present != set(_OAUTH_PARTS):
-        missing = [k for k in _OAUTH_PARTS if k not in oauth_present]
+    if oauth_present and not oauth_present >= set(_OAUTH_REQUIRED):
+        missing = [k for k in _OAUTH_REQUIRED if k not in oauth_present]
         raise ConfigError(
-            f"{label}: OAuth needs client_id, client_secret and refresh_token; "
+            f"{label}: OAuth needs client_id and client_secret (and refresh_token, or a "
+            "token stored by `syncd auth doorflow`); "
             f"missing {', '.join(f'{k}_env/{k}_file' for k in missing)}"
         )
     _check_credentials(kind, label, present, bool(oauth_present))
@@ -537,7 +545,7 @@ def _parse_source(
         oauth = OAuthCredentials(
             client_id=secrets.require("client_id"),
             client_secret=secrets.require("client_secret"),
-            refresh_token=secrets.require("refresh_token"),
+            refresh_token=secrets.read("refresh_token"),
         )
 
     return SourceConfig(

@@ -18,7 +18,9 @@ A source's :class:`SourceRuntime` (HTTP client and its connection pool, the
 credentials and their access token, the retry policy, the connector) is built
 once and lent to every pass: the daemon keeps one per source for its whole
 life, so an OAuth access token is reused until it nears expiry instead of
-being refreshed (and the refresh token rotated) on every pass.
+being refreshed (and the refresh token rotated) on every pass. The OAuth
+grant itself is not the runtime's: it lives in ``sync_state``, shared by
+every process using the source (:class:`syncd.db.store.StoredCredentials`).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import structlog
 
 from syncd import __version__
 from syncd.config import SourceConfig
-from syncd.db.store import SourceState, Store, WriteResult
+from syncd.db.store import SourceState, Store, StoredCredentials, WriteResult
 from syncd.errors import RateLimited, SourceError, WaitInterrupted
 from syncd.prefetch import prefetched_batches
 from syncd.sources import source_class
+from syncd.sources.auth import SharedOAuth
 from syncd.sources.base import Page, Source, SourceContext
 from syncd.sources.http import RetryHooks
 
@@ -111,6 +114,7 @@ def build_source(
             config.name, token, clock(), origin
         ),
         retry_hooks=retry_hooks,
+        credentials=StoredCredentials(store, config.name, clock),
     )
     return source_class(config.kind)(config, client, context)
 
@@ -150,7 +154,25 @@ class SourceRuntime:
         return cls(config, client, source)
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self._save_unsaved_grant()
+        finally:
+            self.client.close()
+
+    def _save_unsaved_grant(self) -> None:
+        """A rotated OAuth token whose save failed gets a last try before the process forgets it."""
+        auth = self.client.auth
+        if not isinstance(auth, SharedOAuth) or auth.unsaved is None:
+            return
+        try:
+            auth.save_unsaved()
+        except SourceError as exc:
+            log.error(
+                "oauth_token_not_saved",
+                source=self.config.name,
+                error=describe_error(exc),
+                hint=f"authorize again: syncd auth doorflow --source {self.config.name}",
+            )
 
     def __enter__(self) -> SourceRuntime:
         return self
@@ -392,7 +414,11 @@ def _reconcile_if_due(
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for ``last_error`` and the CLI: the type, then what it said."""
+    """One line for ``last_error`` and the CLI: the type, then what it said.
+
+    A database error gives its driver's first line only: never the statement
+    nor its parameters (which can be secrets, such as a rotated refresh token).
+    """
     if isinstance(exc, sa.exc.SQLAlchemyError):
         from syncd.db.engine import first_line
 
@@ -423,7 +449,9 @@ def _failed(
         "pass_failed",
         source=config.name,
         error_type=type(exc).__name__,
-        error=str(exc),
+        # A database error's text is its driver's first line (describe_error):
+        # str() of SQLAlchemy's would carry the statement and its parameters.
+        error=message if isinstance(exc, sa.exc.SQLAlchemyError) else str(exc),
         pages=progress.pages,
         inserted=progress.written.inserted,
         duration_s=round(duration, 3),

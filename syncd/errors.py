@@ -19,6 +19,9 @@ text::
         ├── AuthError           401/403: wrong, expired or revoked credentials
         ├── CertificateError    the vendor's TLS certificate failed verification:
         │                       not retried (trust its CA with ``ca_file``)
+        ├── CredentialStoreError  the shared OAuth credentials could not be read,
+        │                       locked or saved (a rotated token is kept and
+        │                       saved before anything else next time)
         └── RequestRejected     any other 4xx: retrying would not help
             └── ContinuationRejected   a paging token the server no longer
                                        accepts; the pass restarts from its cursor
@@ -86,6 +89,13 @@ class CertificateError(SourceError):
     """The vendor's TLS certificate failed verification (untrusted CA, wrong host, expired).
 
     Not transient: the same certificate fails the same way on every attempt.
+    """
+
+
+class CredentialStoreError(SourceError):
+    """The source's shared OAuth credentials could not be read, locked or saved.
+
+    The message never holds a token nor the SQL parameters of a failed statement.
     """
 
 

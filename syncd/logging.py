@@ -163,6 +163,15 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
+def _traceback_formatter() -> Any:
+    """Console tracebacks without local variables: a frame's locals can hold tokens."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
+
+
 def configure_logging(
     level: str = "info", json: bool | None = None, stream: TextIO | None = None
 ) -> None:
@@ -198,7 +207,9 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         final = [structlog.processors.format_exc_info, _order_keys, renderer]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(out))
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_is_tty(out), exception_formatter=_traceback_formatter()
+        )
         final = [renderer]
 
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -16,8 +16,11 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
 
     SQLite gets WAL (readers never block the writer), a busy timeout (a second
     process waits instead of failing) and NORMAL sync, which is durable in WAL
-    mode across process crashes.
+    mode across process crashes. A failed statement's parameters are kept out
+    of its error text (``hide_parameters``): they can be secrets (a rotated
+    OAuth refresh token), and error texts reach logs and ``last_error``.
     """
+    kwargs.setdefault("hide_parameters", True)
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

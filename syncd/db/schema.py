@@ -106,6 +106,9 @@ sync_state = sa.Table(
     sa.Column("reconciled_at", UTCDateTime()),
     # sha256 of the configured refresh token the stored one was rotated from
     sa.Column("refresh_token_origin", sa.Text()),
+    # migration 0007: the access token the last refresh obtained (any process's)
+    sa.Column("access_token", sa.Text()),
+    sa.Column("access_token_expires_at", UTCDateTime()),
 )
 
 rejected_events = sa.Table(

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +34,9 @@ import psycopg
 import sqlalchemy as sa
 
 from syncd.db.schema import event_codes, events, rejected_events, sync_state
-from syncd.errors import DatabaseUnavailable
+from syncd.errors import CredentialStoreError, DatabaseUnavailable
 from syncd.records import EventRecord, RejectedRecord, to_json
+from syncd.sources.auth import OAuthGrant
 from syncd.sources.base import CodeInfo
 
 if TYPE_CHECKING:
@@ -546,6 +548,62 @@ class Store:
                 )
             )
 
+    # -- the shared OAuth grant -------------------------------------------------
+
+    def load_grant(self, source: str) -> OAuthGrant:
+        """The source's stored OAuth grant (empty when none is stored)."""
+        t = sync_state
+        query = sa.select(
+            t.c.refresh_token, t.c.refresh_token_origin, t.c.access_token,
+            t.c.access_token_expires_at,
+        ).where(t.c.source == source)  # fmt: skip
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return OAuthGrant()
+        until = row.access_token_expires_at
+        return OAuthGrant(
+            refresh_token=row.refresh_token,
+            origin=row.refresh_token_origin,
+            access_token=row.access_token,
+            access_until=None if until is None else until.timestamp(),
+        )
+
+    def save_grant(self, source: str, grant: OAuthGrant, now: datetime) -> None:
+        """Commit ``grant`` (refresh token, its origin, access token, expiry) in one transaction."""
+        until = grant.access_until
+        self._update_state(
+            source,
+            now,
+            refresh_token=grant.refresh_token,
+            refresh_token_origin=grant.origin,
+            access_token=grant.access_token,
+            access_token_expires_at=None if until is None else datetime.fromtimestamp(until, UTC),
+        )
+
+    @contextmanager
+    def refresh_lock(self, source: str, timeout: float = 60.0) -> Iterator[None]:
+        """Hold the source's OAuth refresh lock for the block, waiting up to ``timeout`` s.
+
+        A key of its own (not the pass lock: a backfill or ``syncd check``
+        beside a pass refreshes too). PostgreSQL: a session advisory lock,
+        released by the server if the process dies; SQLite: ``flock`` on a
+        file beside the database, released by the kernel. Past ``timeout``:
+        :class:`CredentialStoreError`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock("refresh", source) as acquired:
+                if acquired:
+                    yield
+                    return
+            if time.monotonic() > deadline:
+                raise CredentialStoreError(
+                    f"another process has held the OAuth refresh lock of {source} "
+                    f"for over {timeout:.0f} s"
+                )
+            time.sleep(0.05)
+
     # -- reading ---------------------------------------------------------------
 
     def load_state(self, source: str) -> SourceState:
@@ -650,27 +708,31 @@ class Store:
     @contextmanager
     def _lock(self, namespace: str, source: str) -> Iterator[bool]:
         if self.dialect == "postgresql":
-            with self._advisory_lock(lock_key(source, namespace), source) as acquired:
+            # The refresh lock is taken inside a pass: it must not stand in for
+            # the pass lock's connection, which page writes check.
+            track = namespace != "refresh"
+            with self._advisory_lock(lock_key(source, namespace), source, track) as acquired:
                 yield acquired
         else:
             with self._file_lock(namespace, source) as acquired:
                 yield acquired
 
     @contextmanager
-    def _advisory_lock(self, key: int, source: str) -> Iterator[bool]:
+    def _advisory_lock(self, key: int, source: str, track: bool = True) -> Iterator[bool]:
         holder = (source, threading.get_ident())
         with self.engine.connect() as conn:
             acquired = bool(
                 conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
             )
             conn.commit()
-            if acquired:
+            if acquired and track:
                 self._lock_conns[holder] = conn
             try:
                 yield acquired
             finally:
                 if acquired:
-                    self._lock_conns.pop(holder, None)
+                    if track:
+                        self._lock_conns.pop(holder, None)
                     try:
                         conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                         conn.commit()
@@ -755,7 +817,49 @@ def _aggregate_time(value: datetime | str | None) -> datetime | None:
 def lock_key(source: str, namespace: str = "source") -> int:
     """A stable signed 64-bit advisory-lock key for a source name in ``namespace``.
 
-    ``source`` is the live pass's lock, ``backfill`` the backfill's.
+    ``source`` is the live pass's lock, ``backfill`` the backfill's,
+    ``refresh`` the OAuth refresh lock.
     """
     digest = hashlib.sha256(f"syncd:{namespace}:{source}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class StoredCredentials:
+    """One source's OAuth grant in the database: a :class:`~syncd.sources.auth.CredentialStore`.
+
+    Database failures become :class:`CredentialStoreError` with the driver's
+    first line only: a failed statement's parameters are the tokens.
+    """
+
+    def __init__(
+        self, store: Store, source: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.clock = clock
+
+    def load(self) -> OAuthGrant:
+        try:
+            return self.store.load_grant(self.source)
+        except sa.exc.SQLAlchemyError as exc:
+            raise CredentialStoreError(_db_problem("read", exc)) from None
+
+    @contextmanager
+    def locked(self) -> Iterator[OAuthGrant]:
+        try:
+            with self.store.refresh_lock(self.source):
+                yield self.load()
+        except sa.exc.SQLAlchemyError as exc:
+            raise CredentialStoreError(_db_problem("lock", exc)) from None
+
+    def save(self, grant: OAuthGrant) -> None:
+        try:
+            self.store.save_grant(self.source, grant, self.clock())
+        except sa.exc.SQLAlchemyError as exc:
+            raise CredentialStoreError(_db_problem("save", exc)) from None
+
+
+def _db_problem(what: str, exc: sa.exc.SQLAlchemyError) -> str:
+    from syncd.db.engine import first_line
+
+    return f"the database refused to {what} the OAuth credentials: {first_line(exc)}"

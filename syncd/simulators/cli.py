@@ -277,6 +277,7 @@ def _banner(sim: DoorFlowSimulator | IntServSimulator) -> None:
             f"  bearer token:   {sim.token}",
             f"  API key:        {sim.api_key}   (HTTP Basic, password X)",
             f"  OAuth:          POST {url}/oauth/token  grant_type=refresh_token",
+            f"                  GET {url}/oauth/authorize (PKCE S256; approves at once)",
             f"    client_id     {oauth.client_id}",
             f"    client_secret {oauth.client_secret}",
             f"    refresh_token {oauth.refresh_token}",

@@ -1,6 +1,10 @@
 """DoorFlow API v3 simulator: ``GET /api/3/events`` (reference and guide
 flavors), ``GET /api/3/events/{id}`` with webhook acknowledgement,
-``POST /oauth/token`` with rotating refresh tokens, signed webhooks.
+``POST /oauth/token`` with rotating refresh tokens (a rotated-away one is
+revoked: ``invalid_grant`` when used again, as Doorkeeper does), the
+authorization-code grant with PKCE S256 (``GET /oauth/authorize`` approves at
+once and redirects with ``code`` and ``state``), ``GET /oauth/token/info``,
+signed webhooks.
 
 The list names only *listable* codes (``listable_codes``, by default the
 documented set: every code but 50-63); naming any other, in ``event_codes``
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from heapq import heappop, heappush
 from operator import attrgetter
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 
@@ -72,6 +76,24 @@ _GUIDE = (
 )
 _ADMITS = frozenset([*range(10, 19), 70])
 _REJECTS = frozenset([*range(20, 30), 71, 72, 73])
+
+
+EVENTS_SCOPE = "account.event.access.readonly"
+CODE_LIFETIME_S = 600  # DoorFlow's authorization codes live 10 minutes
+
+
+def pkce_challenge(verifier: str) -> str:
+    """RFC 7636 S256: base64url(sha256(verifier)), unpadded."""
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Code:
+    redirect_uri: str
+    challenge: str
+    scope: str
+    issued: int  # epoch microseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +294,10 @@ class DoorFlowSimulator(BaseSimulator):
         self._creds = creds
         self._refresh_tokens = {self.oauth.refresh_token}
         self._access_tokens: dict[str, int] = {}
+        # The scope each live token was granted (a token without one: EVENTS_SCOPE).
+        self._scopes: dict[str, str] = {}
+        # Authorization codes not yet exchanged: code -> _Code.
+        self._auth_codes: dict[str, _Code] = {}
 
         self._rng = random.Random(seed)
         self._doors = self._make_doors(doors)
@@ -734,6 +760,10 @@ class DoorFlowSimulator(BaseSimulator):
             method, handler = "GET", self._one
         elif path == "/oauth/token":
             method, handler = "POST", self._token
+        elif path == "/oauth/authorize":
+            return self._authorize(request)
+        elif path == "/oauth/token/info":
+            return self._token_info(request)
         else:
             self._count("not_found")
             return self._error(404, "not_found", "The requested resource was not found")
@@ -953,6 +983,8 @@ class DoorFlowSimulator(BaseSimulator):
                 "included, or unsupported authentication method.",
             )
         grant = form.get("grant_type")
+        if grant == "authorization_code":
+            return self._code_grant(form)
         if grant != "refresh_token":
             return self._error(
                 400,
@@ -962,21 +994,36 @@ class DoorFlowSimulator(BaseSimulator):
         old = form.get("refresh_token") or ""
         with self._lock:
             if old not in self._refresh_tokens:
-                return self._error(
-                    400,
-                    "invalid_grant",
-                    "The provided authorization grant is invalid, expired, revoked, does not "
-                    "match the redirection URI used in the authorization request, or was issued "
-                    "to another client.",
-                )
-            now = self._now()
+                return self._invalid_grant()
             self._refresh_tokens.discard(old)
-            refresh = "dfr_" + _hex(self._creds, 32)
-            access = "dfa_" + _hex(self._creds, 32)
-            self._refresh_tokens.add(refresh)
-            self._access_tokens = {t: x for t, x in self._access_tokens.items() if x > now}
-            self._access_tokens[access] = now + int(self.token_expiry * US)
+            scope = self._scopes.pop(old, EVENTS_SCOPE)
+            answer = self._issue(scope)
         self._count("token_refreshes")
+        return answer
+
+    def _invalid_grant(self) -> Response:
+        self._count("invalid_grant")
+        return self._error(
+            400,
+            "invalid_grant",
+            "The provided authorization grant is invalid, expired, revoked, does not "
+            "match the redirection URI used in the authorization request, or was issued "
+            "to another client.",
+        )
+
+    def _issue(self, scope: str) -> Response:
+        """A new access and refresh token for ``scope`` (the caller holds ``_lock``)."""
+        now = self._now()
+        refresh = "dfr_" + _hex(self._creds, 32)
+        access = "dfa_" + _hex(self._creds, 32)
+        self._refresh_tokens.add(refresh)
+        self._access_tokens = {t: x for t, x in self._access_tokens.items() if x > now}
+        self._scopes = {
+            t: v for t, v in self._scopes.items() if t in self._access_tokens or t in
+            self._refresh_tokens
+        }  # fmt: skip
+        self._access_tokens[access] = now + int(self.token_expiry * US)
+        self._scopes[access] = self._scopes[refresh] = scope
         return json_response(
             200,
             {
@@ -984,10 +1031,81 @@ class DoorFlowSimulator(BaseSimulator):
                 "token_type": "Bearer",
                 "expires_in": math.ceil(self.token_expiry),
                 "refresh_token": refresh,
-                "scope": "account.event.access.readonly",
+                "scope": scope,
                 "created_at": now // US,
             },
             (("Cache-Control", "no-store"),),
+        )
+
+    def _authorize(self, request: Request) -> Response:
+        """``GET /oauth/authorize``: approved at once; a redirect with ``code`` and ``state``.
+
+        Errors a client can make before a redirect is safe (unknown client, no
+        redirect URI, no PKCE S256 challenge) answer 400 without redirecting.
+        """
+        if request.method != "GET":
+            return self._error(405, "method_not_allowed", "Use GET")
+        self._count("authorizations")
+        redirect = request.arg("redirect_uri")
+        challenge = request.arg("code_challenge")
+        if request.arg("client_id") != self.oauth.client_id:
+            return self._error(400, "invalid_client", "Unknown client_id")
+        if not redirect or urlsplit(redirect).scheme not in ("http", "https"):
+            return self._error(400, "invalid_redirect_uri", "A redirect_uri is required")
+        if request.arg("response_type") != "code":
+            return self._error(400, "unsupported_response_type", "response_type must be code")
+        if not challenge or request.arg("code_challenge_method") != "S256":
+            return self._error(400, "invalid_request", "PKCE with code_challenge_method=S256")
+        code = "dfc_" + _hex(self._creds, 24)
+        with self._lock:
+            self._auth_codes[code] = _Code(
+                redirect, challenge, request.arg("scope") or EVENTS_SCOPE, self._now()
+            )
+        query = {"code": code}
+        state = request.arg("state")
+        if state is not None:
+            query["state"] = state
+        separator = "&" if urlsplit(redirect).query else "?"
+        location = redirect + separator + urlencode(query)
+        return Response(302, b"", (("Location", location),), "text/plain")
+
+    def _code_grant(self, form: dict[str, str]) -> Response:
+        """The ``authorization_code`` grant: one use, same redirect URI, PKCE S256 verified."""
+        code = form.get("code") or ""
+        verifier = form.get("code_verifier") or ""
+        with self._lock:
+            held = self._auth_codes.pop(code, None)  # spent whatever happens next
+            if held is None or self._now() - held.issued > CODE_LIFETIME_S * US:
+                return self._invalid_grant()
+            if form.get("redirect_uri") != held.redirect_uri:
+                return self._invalid_grant()
+            if not hmac.compare_digest(pkce_challenge(verifier), held.challenge):
+                return self._invalid_grant()
+            answer = self._issue(held.scope)
+        self._count("code_grants")
+        return answer
+
+    def _token_info(self, request: Request) -> Response:
+        """``GET /oauth/token/info``: the bearer token's ``scope[]``, ``expires_in``, account."""
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        token = token.strip()
+        with self._lock:
+            expiry = self._access_tokens.get(token)
+            scope = self._scopes.get(token, EVENTS_SCOPE)
+        now = self._now()
+        if scheme.lower() != "bearer" or expiry is None or now >= expiry:
+            self._count("unauthorized")
+            return self._error(401, "invalid_token", "The access token is invalid")
+        return json_response(
+            200,
+            {
+                "resource_owner_id": self.account_id,
+                "account_id": self.account_id,
+                "scope": scope.split(),
+                "expires_in": max(0, (expiry - now) // US),
+                "application": {"uid": self.oauth.client_id},
+                "created_at": now // US,
+            },
         )
 
     def _tick(self, elapsed: float, carry: float) -> float:

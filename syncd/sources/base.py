@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import httpx
 
     from syncd.config import SourceConfig
+    from syncd.sources.auth import CredentialStore
     from syncd.sources.http import RetryHooks
 
 Cursor = Mapping[str, Any]
@@ -61,6 +62,10 @@ class SourceContext:
     descends from (:func:`syncd.sources.auth.choose_refresh_token`);
     ``save_refresh_token(token, origin)`` commits a new one with its origin at
     once, before it is used.
+    ``credentials`` (the engine's: the database) holds the source's OAuth
+    grant as state shared by every process; a connector given one reads and
+    saves the grant there, under the source's refresh lock, instead of
+    trusting ``refresh_token`` (:class:`syncd.sources.auth.SharedOAuth`).
     ``retry_hooks`` (the daemon's) make retry waits interruptible and counted;
     a connector hands them on with ``RetryPolicy.for_source(config, context)``.
     """
@@ -70,6 +75,7 @@ class SourceContext:
     save_refresh_token: Callable[[str, str], None] | None = None
     refresh_token_origin: str | None = None
     retry_hooks: RetryHooks | None = None
+    credentials: CredentialStore | None = None
 
 
 class Source(Protocol):

@@ -70,6 +70,7 @@ from syncd.records import (
 from syncd.sources.auth import (
     BearerToken,
     OAuthRefresh,
+    SharedOAuth,
     choose_refresh_token,
     token_fingerprint,
 )
@@ -77,7 +78,7 @@ from syncd.sources.base import CodeInfo, Cursor, Page, SourceContext
 from syncd.sources.http import RetryPolicy, parse_page, send
 
 if TYPE_CHECKING:
-    from syncd.config import SourceConfig
+    from syncd.config import Secret, SourceConfig
 
 log = structlog.get_logger(__name__)
 
@@ -487,6 +488,10 @@ def past_window(records: list[EventRecord], until: datetime | None) -> bool:
     return ascending and times[0] >= until
 
 
+def _revealed(secret: Secret | None) -> str | None:
+    return None if secret is None else secret.reveal()
+
+
 # -- the connector ---------------------------------------------------------------
 
 
@@ -505,7 +510,22 @@ class DoorFlowSource:
 
     def _auth(self) -> httpx.Auth:
         config = self.config
+        if config.oauth is not None and self.context.credentials is not None:
+            # The grant is shared state: read and saved in the store, under its lock.
+            return SharedOAuth(
+                source=config.name,
+                token_url=f"{config.base_url}/oauth/token",
+                client_id=config.oauth.client_id.reveal(),
+                client_secret=config.oauth.client_secret.reveal(),
+                configured=_revealed(config.oauth.refresh_token),
+                credentials=self.context.credentials,
+            )
         if config.oauth is not None:
+            if config.oauth.refresh_token is None:
+                raise ConfigError(
+                    f"sources[{config.name}]: no OAuth refresh token: set refresh_token_env "
+                    f"or run `syncd auth doorflow --source {config.name}`"
+                )
             configured = config.oauth.refresh_token.reveal()
             refresh = choose_refresh_token(
                 configured, self.context.refresh_token, self.context.refresh_token_origin
@@ -516,7 +536,7 @@ class DoorFlowSource:
                 token_url=f"{config.base_url}/oauth/token",
                 client_id=config.oauth.client_id.reveal(),
                 client_secret=config.oauth.client_secret.reveal(),
-                refresh_token=refresh,
+                refresh_token=refresh or configured,
                 on_rotate=None if save is None else lambda token: save(token, origin),
             )
         if config.api_key is not None:

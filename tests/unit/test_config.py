@@ -546,9 +546,17 @@ def test_doorflow_token_plus_oauth(tmp_path: Path) -> None:
 
 
 def test_partial_oauth(tmp_path: Path) -> None:
-    message = error(tmp_path, source(token_env=None, client_id_env="CID", client_secret_env="CSEC"))
+    message = error(tmp_path, source(token_env=None, client_id_env="CID", refresh_token_env="RTOK"))
     assert "sources[hq]: OAuth needs" in message
-    assert "refresh_token_env" in message
+    assert "client_secret_env" in message
+
+
+def test_oauth_without_refresh_token_is_accepted(tmp_path: Path) -> None:
+    """The refresh token may come from `syncd auth doorflow` (stored, not configured)."""
+    text = source(token_env=None, client_id_env="CID", client_secret_env="CSEC")
+    oauth = load(tmp_path, text).sources[0].oauth
+    assert oauth is not None
+    assert oauth.refresh_token is None
 
 
 def test_intserv_without_credentials(tmp_path: Path) -> None:
