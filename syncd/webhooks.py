@@ -6,11 +6,13 @@ compare), the timestamp must be within :data:`TOLERANCE_S` of now either
 way, and nothing the sender controls can cause a 5xx. Notifications carry
 no event data: each ``Event`` ``CREATE``/``UPDATE`` is fetched from the
 source's *configured* base URL (only the integer id comes from the payload)
-with its ``ack_token``, through the source's runtime client (same auth,
-retries and interruptible waits as polling), normalized like a polled page
-and written with no cursor (the live cursor is untouched). An event not
-visible yet, or a fetch that fails, is retried a few times, then left to the
-next poll.
+through the source's runtime client (same auth, retries and interruptible
+waits as polling), normalized like a polled page and written with no cursor
+(the live cursor is untouched) in a synchronous commit; only then is it
+fetched again with its ``ack_token``, which acknowledges it. A write that
+fails is retried until the database takes it; an event not visible yet, or
+a fetch that fails, is retried a few times, then left unacknowledged to the
+vendor's redelivery and the next poll (see :class:`WebhookFetcher`).
 
 :func:`answer` is pure (headers, body and ``now`` in, status and body out);
 :class:`WebhookFetcher` is the I/O.
@@ -226,7 +228,7 @@ def store_backoff(failures: int, initial: float, cap: float) -> float:
     not make (remote-control events, codes 50-63, cannot be polled). The
     bounded queue keeps the waiting finite in memory.
     """
-    return min(cap, initial * 2.0 ** max(0, failures - 1))
+    return min(cap, initial * 2.0 ** min(max(0, failures - 1), 64))  # 2.0**1024 overflows
 
 
 class WebhookFetcher:
@@ -246,11 +248,18 @@ class WebhookFetcher:
        stored one (updated in between) it is stored too.
 
     So a notified event costs two vendor requests instead of one: the price
-    of never acknowledging what is not on disk, without a table of its own
-    (a durable inbox). At most ``max_queued`` notifications are in hand;
-    what overflows is counted (``syncd_webhook_dropped_total``) and left
-    unacknowledged to the vendor's redelivery and the next poll. A redelivery
-    of a notification in hand is not taken twice.
+    of never acknowledging what is not on disk without a table of its own.
+    (A durable inbox, each notification committed before one fetch with its
+    token, would cost one request and a migration, and two more writes per
+    notification.) At most ``max_queued`` notifications are in hand; what
+    overflows is counted (``syncd_webhook_dropped_total``) and left
+    unacknowledged. A redelivery of a notification in hand is not taken twice.
+
+    Whatever is let go, dropped or in hand when the process dies was never
+    acknowledged: the vendor redelivers it (for how long, DoorFlow does not
+    say), and a listable event also comes with the next poll. A
+    remote-control event (codes 50-63, which no list returns) has only the
+    redelivery.
 
     A pass can run for the same source at the same time: both upsert, so
     whichever writes last writes the same (or a newer) version of the event.
