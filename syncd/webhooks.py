@@ -441,13 +441,15 @@ class WebhookFetcher:
     def _work(self, batch: list[_Held]) -> None:
         source = batch[0].source
         config = self.configs[source]
+        policy = replace(RetryPolicy.for_source(config), hooks=self.hooks(source))
         try:
-            runtime = self.runtime(source)  # opened on first use: reads the source's state
+            # The runtime reads the source's state when it opens; an OAuth client
+            # reads (and saves) its tokens in the database before a refresh.
+            runtime = self.runtime(source)
+            self._fetch(runtime, policy, source, [h for h in batch if h.body is None])
         except DATABASE_ERRORS as exc:
             self._database_failed(source, len(batch), exc)
             return
-        policy = replace(RetryPolicy.for_source(config), hooks=self.hooks(source))
-        self._fetch(runtime, policy, source, [h for h in batch if h.body is None])
         fetched = [h for h in batch if h.body is not None and not h.stored]
         if fetched and not self.stop.is_set() and self._store_all(source, config.kind, fetched):
             for held in fetched:
