@@ -94,6 +94,18 @@ class Metrics:
             ["source", "status"],
             registry=r,
         )
+        self.webhook_dropped = Counter(
+            "syncd_webhook_dropped",
+            "Webhook notifications not taken because the fetch queue was full "
+            "(left unacknowledged: the vendor's redelivery and the next poll bring them).",
+            ["source"],
+            registry=r,
+        )
+        self.webhook_queued = Gauge(
+            "syncd_webhook_queued",
+            "Webhook notifications in hand: to fetch, waiting for the database, or to acknowledge.",
+            registry=r,
+        )
         # Beyond the contract (created when first used, so not part of the
         # per-source baseline):
         self.passes_cancelled = Counter(
@@ -104,7 +116,8 @@ class Metrics:
         )
         self.webhook_notifications = Counter(
             "syncd_webhook_notifications",
-            "Webhook notifications by outcome (fetched, ignored, not_an_event_change, abandoned).",
+            "Webhook notifications by outcome (fetched, acknowledged, already_queued, ignored, "
+            "not_an_event_change, abandoned, unacknowledged).",
             ["source", "outcome"],
             registry=r,
         )
@@ -124,6 +137,7 @@ class Metrics:
         self.consecutive_failures.labels(name)
         if webhooks:
             self.webhook_requests.labels(name, "200")
+            self.webhook_dropped.labels(name)
         self.pass_duration.labels(kind)
 
     # -- what happened ---------------------------------------------------------------

@@ -275,6 +275,7 @@ class Store:
         *,
         sink: CursorSink | None = None,
         likely_new: bool = False,
+        durable: bool = False,
     ) -> WriteResult:
         """Store one page and the cursor after it in one transaction.
 
@@ -283,17 +284,24 @@ class Store:
         leaves the stored position as it is. ``likely_new``: the caller
         expects none of the events to be stored yet (the previous page of a
         pass was all new); PostgreSQL then tries a plain ``COPY`` first. The
-        result is the same either way.
+        result is the same either way. ``durable``: return only once the
+        commit is on disk (PostgreSQL's synchronous commit, whatever the
+        server's default), for rows the caller is about to vouch for to
+        someone else (a webhook acknowledged to the vendor).
         """
         unique = dedupe_newest(records)
         self._check_lock(source)
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
-                # Safe to skip the WAL flush wait: a page's rows and its cursor
-                # commit together, so a server crash can only lose the newest
-                # pages *with* their cursor, and the next pass fetches them
-                # again. (The rotated refresh token keeps full durability.)
-                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                # Without ``durable`` it is safe to skip the WAL flush wait: a
+                # page's rows and its cursor commit together, so a server crash
+                # can only lose the newest pages *with* their cursor, and the
+                # next pass fetches them again. (The rotated refresh token keeps
+                # full durability.) SQLite's WAL with synchronous=NORMAL is
+                # durable across process crashes either way.
+                conn.exec_driver_sql(
+                    f"SET LOCAL synchronous_commit TO {'ON' if durable else 'OFF'}"
+                )
                 inserted, updated = self._merge_postgres(conn, source, unique, now, likely_new)
             else:
                 inserted, updated = self._merge_sqlite(conn, source, unique, now)

@@ -323,6 +323,9 @@ class DoorFlowSimulator(BaseSimulator):
         self._updates: list[tuple[int, int, _Event]] = []  # heap: (update_at, id, event)
         self._notes: dict[str, _Notification] = {}
         self._acks: list[tuple[int, str, str | None]] = []
+        # Tests: called with (event id, ack_token) as each acknowledgement arrives,
+        # before it is answered (to check what the client had stored by then).
+        self.on_ack: Callable[[int, str], None] | None = None
         self._build_history(history, history_days, tie_groups, tie_size)
 
     # -- public API ---------------------------------------------------------
@@ -950,6 +953,8 @@ class DoorFlowSimulator(BaseSimulator):
                 if note is not None and note.resource_id == event.id:
                     del self._notes[ack_token]
                     self._count("acks")
+        if ack_token is not None and self.on_ack is not None:
+            self.on_ack(event.id, ack_token)
         self._count("events_served")
         return Response(200, body)
 

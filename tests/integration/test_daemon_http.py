@@ -81,6 +81,9 @@ def test_webhooks_become_rows_within_a_second_and_hostile_requests_get_4xx(
                 assert sim.deliver_webhooks() == len(new)
                 wait_for(lambda n=new: n <= _stored_ids(pg_engine, "hq"), 5, "rows", every=0.01)  # type: ignore[misc]
                 latencies.append(time.monotonic() - started)
+                # The acknowledgements follow the commit: wait for them, or the next
+                # delivery re-sends the last ones (harmless, but not what is counted).
+                wait_for(lambda: not sim.pending_webhooks(), 5, "acknowledged", every=0.01)
             latencies.sort()
             assert latencies[-1] < 1.0, latencies
             wait_for(lambda: not sim.pending_webhooks(), 5, "every delivery acknowledged")
@@ -244,6 +247,89 @@ def test_readyz_is_503_during_a_database_outage_and_everything_resumes(
             )
             assert daemon.metric("syncd_consecutive_failures", source="hq") == 0
             assert daemon.stop() == 0
+
+
+def test_a_webhook_fetched_while_the_database_is_down_is_acknowledged_once_it_is_stored(
+    outage_db: tuple[str, str], tmp_path: Path
+) -> None:
+    """DESIGN.md "Webhooks": no acknowledgement before the row commits; stored once back."""
+    dsn, url = outage_db
+    port = free_port()
+    hook = f"http://127.0.0.1:{port}/webhooks/doorflow/hq"
+    sim = DoorFlowSimulator(seed=8, history=0, webhook_url=hook, webhook_secret=SECRET)
+    watcher = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    acks: list[tuple[int, str, bool]] = []  # (event id, token, its row there by then)
+
+    def on_ack(event_id: int, token: str) -> None:
+        try:
+            stored = event_id in _stored_ids(watcher, "hq")
+        except sa.exc.SQLAlchemyError:
+            stored = False  # the database is down: certainly not there
+        acks.append((event_id, token, stored))
+
+    sim.on_ack = on_ack
+    with sim:
+        config = write_config(
+            tmp_path / "syncd.toml",
+            port,
+            [
+                # Polls far apart: the remote-control events (50-63) can come by webhook only.
+                source_toml(
+                    "hq",
+                    "doorflow",
+                    sim.base_url,
+                    token_env="T",
+                    webhook_secret_env="S",
+                    interval=3600,
+                ),
+            ],
+        )
+        with running_daemon(config, url, port, {"T": sim.token, "S": SECRET}) as daemon:
+            wait_for(lambda: daemon.get("/readyz")[0] == 200, 10, "ready")
+            # A first webhook opens the source's runtime (it reads the source's state).
+            sim.generate(1)
+            assert sim.deliver_webhooks() == 1
+            wait_for(lambda: len(acks) == 1, 10, "the first one acknowledged")
+            first = set(sim.truth())
+            acks.clear()
+            served = sim.stats.get("events_served", 0)
+            _set_outage(dsn, url, down=True)
+            sim.generate(40)
+            truth = {i: e for i, e in sim.truth().items() if i not in first}
+            remote = {i for i, e in truth.items() if 50 <= e["event_code"] <= 63}
+            assert remote, "the seed gives remote-control events"
+            assert sim.deliver_webhooks() == len(truth)  # answered without the database
+            wait_for(
+                lambda: sim.stats.get("events_served", 0) >= served + len(truth),
+                10,
+                "the events fetched",
+            )
+            time.sleep(2.0)  # the store fails and is retried meanwhile
+            assert acks == [], "acknowledged while the database was down"
+            assert len(sim.pending_webhooks()) == len(truth)
+            assert daemon.metric("syncd_webhook_queued") == len(truth)
+
+            _set_outage(dsn, url, down=False)
+            # The write backoff doubles from 0.5 s: the next try within ~4 s of the return.
+            wait_for(lambda: not sim.pending_webhooks(), 20, "every notification acknowledged")
+            assert _stored_ids(watcher, "hq") == set(truth) | first
+            wait_for(lambda: daemon.metric("syncd_webhook_queued") == 0, 5, "nothing in hand")
+            acknowledged = daemon.metric(
+                "syncd_webhook_notifications_total", source="hq", outcome="acknowledged"
+            )
+            dropped = daemon.metric("syncd_webhook_dropped_total", source="hq")
+            stored_logs = daemon.events("webhook_store_failed")
+            assert daemon.stop() == 0
+    watcher.dispose()
+    assert remote <= {event_id for event_id, _, _ in acks}
+    assert sorted(token for _, token, _ in acks) == sorted({token for _, token, _ in acks}), (
+        "an acknowledgement sent twice"
+    )
+    assert len(acks) == len(truth)
+    assert all(stored for _, _, stored in acks), "an ack came before its row"
+    assert acknowledged == 1 + len(truth)
+    assert dropped == 0
+    assert stored_logs, "the failed writes are logged"
 
 
 def test_a_real_prometheus_scrapes_the_metrics(tmp_path: Path, sqlite_url: str) -> None:

@@ -28,7 +28,7 @@ from syncd.sources.http import RETRY_REASONS
 from syncd.web import App, Routes, make_server
 
 FIXED_SERIES = 40  # histogram buckets per kind and the like, independent of sources
-SERIES_PER_SOURCE = 16
+SERIES_PER_SOURCE = 17  # 16 before syncd_webhook_dropped_total (one per webhook source)
 
 
 def test_backoff_grows_then_caps_at_five_intervals_and_300_s() -> None:
@@ -107,6 +107,7 @@ def test_every_series_of_a_source_exists_at_zero_from_start() -> None:
     assert series[("syncd_events_rejected_total", (("source", "hq"),))] == 0
     assert series[("syncd_vendor_requests_total", (("source", "hq"), ("status", "200")))] == 0
     assert series[("syncd_webhook_requests_total", (("source", "hq"), ("status", "200")))] == 0
+    assert series[("syncd_webhook_dropped_total", (("source", "hq"),))] == 0
     assert series[("syncd_pass_duration_seconds_count", (("kind", "doorflow"),))] == 0
     assert not any(name.endswith("_created") for name, _ in series)
 

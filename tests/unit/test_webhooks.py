@@ -13,7 +13,9 @@ from syncd.webhooks import (
     answer,
     parse_notifications,
     parse_timestamp,
+    retry_delay,
     signature,
+    store_backoff,
 )
 
 SECRET = b"whsec_unit"
@@ -115,3 +117,15 @@ def test_timestamps_parse_as_unix_seconds_or_iso_8601() -> None:
     assert parse_timestamp("2027-01-15T09:00:00+01:00") == parse_timestamp("2027-01-15T08:00:00")
     assert parse_timestamp("soon") is None
     assert parse_timestamp("inf") is None
+
+
+def test_fetch_and_ack_rounds_end_after_the_last_delay() -> None:
+    delays = (0.2, 0.5, 1.0)
+    assert [retry_delay(n, delays) for n in range(1, 5)] == [0.2, 0.5, 1.0, None]
+    assert retry_delay(0, delays) is None  # nothing failed: no round to wait for
+
+
+def test_the_write_backoff_doubles_to_its_cap_and_never_gives_up() -> None:
+    waits = [store_backoff(n, 0.5, 30.0) for n in range(1, 10)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert store_backoff(10_000, 0.5, 30.0) == 30.0
