@@ -24,6 +24,7 @@ never contain a secret value.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
@@ -32,7 +33,7 @@ import re
 import ssl
 import tomllib
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -118,6 +119,22 @@ class SourceConfig:
     business_hours: tuple[time, time] = (time(6, 0), time(21, 0))
     max_pass_duration: float = 3600.0
     ca_file: Path | None = None  # PEM CA bundle the vendor's certificate is verified against
+    # What keeps this source's secrets from being read (a variable not set, a
+    # file not mounted): an error only for a command that touches the source.
+    secret_problems: tuple[str, ...] = field(default=(), compare=False)
+    # Where each secret comes from, for messages: ("token", "$DF_TOKEN"), ...
+    secret_origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def secret_origin(self, *keys: str) -> str:
+        """Where the first of ``keys`` that is configured comes from ("$VAR" or a path)."""
+        origins = dict(self.secret_origins)
+        found = [f"{origins[k]} ({k})" for k in keys if k in origins]
+        return ", ".join(found) or "its credentials"
+
+    def require_secrets(self) -> None:
+        """Raise the ConfigError of every secret this source lacks (a command touches it)."""
+        if self.secret_problems:
+            raise ConfigError.of(self.secret_problems)
 
     def tls_verify(self) -> ssl.SSLContext:
         """What the source's HTTP client verifies the vendor's certificate with.
@@ -250,21 +267,31 @@ def load_settings(
     database_url: str | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    secrets_for: Iterable[str] | None = None,
 ) -> Settings:
-    """Resolve and validate the settings; raise ConfigError on any problem."""
+    """Resolve and validate the settings; raise ConfigError on any problem.
+
+    Every problem of the file is reported at once (one line each). A secret
+    that cannot be read (a variable not set, a file missing) is a problem only
+    for the sources named by ``secrets_for`` (default: every source): a
+    command needs the secrets of the sources it touches, and only those.
+    """
     env: Mapping[str, str] = os.environ if environ is None else environ
     base_dir = Path.cwd() if cwd is None else Path(cwd)
 
     path = _resolve_config_path(config_path, env, base_dir)
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
 
-    _check_keys(data, _TOP_KEYS, "")
+    problems = _Problems()
+    with problems.collect():
+        _check_keys(data, _TOP_KEYS, "")
     file_url = data.get("database_url")
     if file_url is not None and not isinstance(file_url, str):
-        raise ConfigError(
+        problems.add(
             f"database_url must be a string such as {DEFAULT_DATABASE_URL!r}, "
             f"got {_type_name(file_url)}"
         )
+        file_url = None
 
     if database_url is not None:
         url, origin = database_url, "--database-url"
@@ -276,12 +303,47 @@ def load_settings(
         url, origin = DEFAULT_DATABASE_URL, "database_url"
 
     secret_dir = path.parent if path is not None else base_dir
-    return Settings(
-        database_url=_normalize_database_url(url, origin),
-        daemon=_parse_daemon(data.get("daemon")),
-        sources=_parse_sources(data.get("sources"), env, secret_dir),
-        config_path=path,
-    )
+    database = DEFAULT_DATABASE_URL
+    with problems.collect():
+        database = _normalize_database_url(url, origin)
+    daemon = DaemonConfig()
+    with problems.collect():
+        daemon = _parse_daemon(data.get("daemon"))
+    sources: tuple[SourceConfig, ...] = ()
+    with problems.collect():
+        sources = _parse_sources(data.get("sources"), env, secret_dir, problems)
+    needed = None if secrets_for is None else set(secrets_for)
+    for src in sources:
+        if needed is None or src.name in needed:
+            problems.extend(src.secret_problems)
+    problems.raise_any()
+    return Settings(database_url=database, daemon=daemon, sources=sources, config_path=path)
+
+
+class _Problems:
+    """Config problems gathered so that one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+
+    def extend(self, messages: Iterable[str]) -> None:
+        for message in messages:
+            self.add(message)
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as exc:
+            self.extend(exc.problems)
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise ConfigError.of(self.messages)
 
 
 def normalize_database_url(url: str) -> str:
@@ -443,7 +505,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _parse_sources(
-    value: object, env: Mapping[str, str], secret_dir: Path
+    value: object, env: Mapping[str, str], secret_dir: Path, problems: _Problems
 ) -> tuple[SourceConfig, ...]:
     if value is None:
         return ()
@@ -456,16 +518,22 @@ def _parse_sources(
     seen: dict[str, int] = {}
     for index, table in enumerate(value):
         if not isinstance(table, dict):
-            raise ConfigError(
+            problems.add(
                 f"sources[{index}] must be a table: write each source as [[sources]], "
                 f"got {_type_name(table)}"
             )
-        src = _parse_source(index, table, env, secret_dir)
+            continue
+        try:
+            src = _parse_source(index, table, env, secret_dir)
+        except ConfigError as exc:  # the next source may have problems too
+            problems.extend(exc.problems)
+            continue
         if src.name in seen:
-            raise ConfigError(
+            problems.add(
                 f"sources[{index}].name {src.name!r} is already used by sources[{seen[src.name]}]: "
                 "source names must be unique"
             )
+            continue
         seen[src.name] = index
         result.append(src)
     return tuple(result)
@@ -530,15 +598,15 @@ def _parse_source(
         )
     _check_credentials(kind, label, present, bool(oauth_present))
 
-    token = secrets.read("token")
-    api_key = secrets.read("api_key")
+    token = secrets.lazy("token")
+    api_key = secrets.lazy("api_key")
     oauth: OAuthCredentials | None = None
     if oauth_present:
-        oauth = OAuthCredentials(
-            client_id=secrets.require("client_id"),
-            client_secret=secrets.require("client_secret"),
-            refresh_token=secrets.require("refresh_token"),
-        )
+        parts = [secrets.lazy(k) for k in _OAUTH_PARTS]
+        if all(parts):
+            client_id, client_secret, refresh_token = (p for p in parts if p is not None)
+            oauth = OAuthCredentials(client_id, client_secret, refresh_token)
+    webhook_secret = secrets.lazy("webhook_secret")
 
     return SourceConfig(
         name=name,
@@ -554,7 +622,7 @@ def _parse_source(
         systems=systems,
         include_access_granted=granted,
         include_access_denied=denied,
-        webhook_secret=secrets.read("webhook_secret"),
+        webhook_secret=webhook_secret,
         timeout=timeout,
         max_retries=max_retries,
         max_retry_wait=max_retry_wait,
@@ -564,6 +632,8 @@ def _parse_source(
         business_hours=business_hours,
         max_pass_duration=max_pass_duration,
         ca_file=ca_file,
+        secret_problems=tuple(secrets.problems),
+        secret_origins=tuple(secrets.origins.items()),
     )
 
 
@@ -663,19 +733,31 @@ def _parse_ca_file(value: object, label: str, base_dir: Path) -> Path | None:
     return path
 
 
-def _parse_start(value: object, label: str) -> datetime | None:
+def _parse_start(value: object, label: str, now: datetime | None = None) -> datetime | None:
+    """An aware instant; a bare date means its midnight UTC (as ``--since 2026-11-25``).
+
+    A ``start`` in the future is refused: a pass reads from ``start`` up to
+    now, so it would find nothing until that day, and look healthy meanwhile.
+    """
     key = f"{label}.start"
     if value is None:
         return None
     if isinstance(value, datetime):
         parsed = value
-    elif isinstance(value, (date, time)):
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    elif isinstance(value, time):
         raise ConfigError(
             f"{key} must be a date and time with a timezone, such as '2024-01-01T00:00:00Z'"
         )
     elif isinstance(value, str):
+        text = value.strip()
         try:
-            parsed = datetime.fromisoformat(value.strip())
+            parsed = (
+                datetime.combine(date.fromisoformat(text), time(), UTC)
+                if _DATE_ONLY_RE.fullmatch(text)
+                else datetime.fromisoformat(text)
+            )
         except ValueError:
             raise ConfigError(
                 f"{key} must be an ISO 8601 date-time such as '2024-01-01T00:00:00Z', got {value!r}"
@@ -690,7 +772,17 @@ def _parse_start(value: object, label: str) -> datetime | None:
             f"{key} has no timezone: add 'Z' for UTC or an offset such as '+01:00' "
             f"(e.g. '2024-01-01T00:00:00Z')"
         )
-    return parsed.astimezone(UTC)
+    start = parsed.astimezone(UTC)
+    if start > (now or datetime.now(UTC)):
+        shown = start.isoformat().replace("+00:00", "Z")
+        raise ConfigError(
+            f"{key} {shown} is in the future: a pass reads from start up to now and would "
+            "find nothing until then; use a past time, or leave start out (7 days back)"
+        )
+    return start
+
+
+_DATE_ONLY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _parse_systems(value: object, label: str) -> tuple[str, ...]:
@@ -763,6 +855,10 @@ class _SourceFields:
         )
 
 
+class _SecretUnavailable(ConfigError):
+    """A secret's value cannot be read (unlike a mistake in the file's keys)."""
+
+
 class _SecretReader:
     """Reads ``<key>_env`` / ``<key>_file``; messages name keys, variables and paths only."""
 
@@ -773,6 +869,16 @@ class _SecretReader:
         self._label = label
         self._env = env
         self._base_dir = base_dir
+        self.problems: list[str] = []
+        self.origins: dict[str, str] = {}
+
+    def lazy(self, key: str) -> Secret | None:
+        """:meth:`read`, with a value that cannot be read kept in :attr:`problems`."""
+        try:
+            return self.read(key)
+        except _SecretUnavailable as exc:
+            self.problems.append(str(exc))
+            return None
 
     def configured(self, key: str) -> bool:
         has_env = f"{key}_env" in self._table
@@ -780,12 +886,6 @@ class _SecretReader:
         if has_env and has_file:
             raise ConfigError(f"{self._label}: set either {key}_env or {key}_file, not both")
         return has_env or has_file
-
-    def require(self, key: str) -> Secret:
-        secret = self.read(key)
-        if secret is None:  # callers check configured() first
-            raise ConfigError(f"{self._label}: set {key}_env or {key}_file")
-        return secret
 
     def read(self, key: str) -> Secret | None:
         if not self.configured(key):
@@ -798,12 +898,15 @@ class _SecretReader:
                 raise ConfigError(
                     f"{where} must be the name of an environment variable, got {_describe(var)}"
                 )
+            self.origins[key] = f"${var.strip()}"
             value = self._env.get(var.strip())
             if value is None:
-                raise ConfigError(f"{where}: environment variable {var.strip()} is not set")
+                raise _SecretUnavailable(f"{where}: environment variable {var.strip()} is not set")
             if not value.strip():
-                raise ConfigError(f"{where}: environment variable {var.strip()} is empty")
-            return Secret(value)
+                raise _SecretUnavailable(f"{where}: environment variable {var.strip()} is empty")
+            # Like a *_file: a secret store's trailing newline is not part of
+            # the secret (sent in a header it fails every request).
+            return Secret(value.strip())
 
         where = f"{self._label}.{file_key}"
         path_text = self._table[file_key]
@@ -812,16 +915,17 @@ class _SecretReader:
         path = _expand(Path(path_text.strip()), where)
         if not path.is_absolute():
             path = self._base_dir / path
+        self.origins[key] = str(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            raise ConfigError(f"{where}: cannot read {str(path)!r}: {reason}") from None
+            raise _SecretUnavailable(f"{where}: cannot read {str(path)!r}: {reason}") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"{where}: {str(path)!r} is not UTF-8 text") from None
-        value = text.rstrip()
+            raise _SecretUnavailable(f"{where}: {str(path)!r} is not UTF-8 text") from None
+        value = text.strip()
         if not value:
-            raise ConfigError(f"{where}: {str(path)!r} is empty")
+            raise _SecretUnavailable(f"{where}: {str(path)!r} is empty")
         return Secret(value)
 
 

@@ -224,6 +224,7 @@ class DoorFlowSimulator(BaseSimulator):
         malformed_share: float = 0.0,
         malformed_kinds: Iterable[str] | None = None,
         token_expiry: float = 3600.0,
+        oauth_scope: str = "account.event.access.readonly",
         listable_codes: Iterable[int] | None = None,
         rate: float = 0.0,
         webhook_url: str | None = None,
@@ -257,6 +258,8 @@ class DoorFlowSimulator(BaseSimulator):
         self.malformed_share = malformed_share
         self._bad_kinds = kind_indexes(malformed_kinds)
         self.token_expiry = token_expiry
+        self.oauth_scope = oauth_scope
+        """The scopes (space-separated) an OAuth grant has: what ``/oauth/token/info`` says."""
         self.listable_codes = (
             data.DOORFLOW_LISTABLE_CODES if listable_codes is None else listable_codes
         )
@@ -734,6 +737,8 @@ class DoorFlowSimulator(BaseSimulator):
             method, handler = "GET", self._one
         elif path == "/oauth/token":
             method, handler = "POST", self._token
+        elif path == "/oauth/token/info":
+            method, handler = "GET", self._token_info
         else:
             self._count("not_found")
             return self._error(404, "not_found", "The requested resource was not found")
@@ -741,6 +746,8 @@ class DoorFlowSimulator(BaseSimulator):
             return self._error(405, "method_not_allowed", f"Use {method}")
         if handler == self._token:
             return self._token(request)
+        if handler == self._token_info:
+            return self._token_info(request)
         return self._guarded(request, handler)
 
     def _guarded(self, request: Request, handler: Callable[[Request], Response]) -> Response:
@@ -763,7 +770,7 @@ class DoorFlowSimulator(BaseSimulator):
         credentials = credentials.strip()
         scheme = scheme.lower()
         if scheme == "bearer":
-            if hmac.compare_digest(credentials, self.token):
+            if _same(credentials, self.token):
                 return True
             with self._lock:
                 expiry = self._access_tokens.get(credentials)
@@ -773,7 +780,7 @@ class DoorFlowSimulator(BaseSimulator):
                 user = base64.b64decode(credentials, validate=True).decode().partition(":")[0]
             except ValueError:
                 return False
-            return hmac.compare_digest(user, self.api_key)
+            return _same(user, self.api_key)
         return False
 
     def _list(self, request: Request) -> Response:
@@ -984,10 +991,28 @@ class DoorFlowSimulator(BaseSimulator):
                 "token_type": "Bearer",
                 "expires_in": math.ceil(self.token_expiry),
                 "refresh_token": refresh,
-                "scope": "account.event.access.readonly",
+                "scope": self.oauth_scope,
                 "created_at": now // US,
             },
             (("Cache-Control", "no-store"),),
+        )
+
+    def _token_info(self, request: Request) -> Response:
+        """``GET /oauth/token/info``: the OAuth access token's scopes, lifetime and account."""
+        self._count("token_info_requests")
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        with self._lock:
+            expiry = self._access_tokens.get(token.strip())
+        now = self._now()
+        if scheme.lower() != "bearer" or expiry is None or now >= expiry:
+            return self._error(401, "invalid_token", "The access token is invalid")
+        return json_response(
+            200,
+            {
+                "scope": self.oauth_scope.split(),
+                "expires_in": (expiry - now) // US,
+                "account_id": self.account_id,
+            },
         )
 
     def _tick(self, elapsed: float, carry: float) -> float:
@@ -997,6 +1022,13 @@ class DoorFlowSimulator(BaseSimulator):
         if self.webhook_url and self.webhook_interval is not None:
             self.deliver_webhooks(resend_after=self.webhook_interval)
         return carry
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison that any header text can go through (not only ASCII)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def _hex(rng: random.Random, nbytes: int) -> str:
