@@ -696,7 +696,7 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         return
     table = Table(title="syncd status")
     table.add_column("source", no_wrap=True)
-    table.add_column("kind")
+    table.add_column("kind", no_wrap=True)
     for column in ("rows", "rejected", "lag"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("last success", no_wrap=True)
