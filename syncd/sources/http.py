@@ -329,7 +329,7 @@ def _attempt(
     try:
         response = request(client)
     except httpx.TimeoutException as exc:
-        raise RequestTimeout(f"request timed out: {describe_transport_error(exc)}") from exc
+        raise RequestTimeout(describe_transport_error(exc)) from exc
     except httpx.TransportError as exc:
         problem = certificate_problem(exc)
         if problem is not None:
