@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from syncd.errors import ConfigError
@@ -61,6 +61,8 @@ ENV_CONFIG = "SYNCD_CONFIG"
 ENV_DATABASE_URL = "SYNCD_DATABASE_URL"
 
 _NAME_RE = re.compile(r"[a-z0-9_-]+")
+_T = TypeVar("_T")
+_NO_SYSTEMS: tuple[str, ...] = ()
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -539,7 +541,7 @@ def _parse_sources(
     return tuple(result)
 
 
-def _parse_source(
+def _parse_source(  # noqa: PLR0915 (one statement per key, read top to bottom)
     index: int, table: dict[str, Any], env: Mapping[str, str], secret_dir: Path
 ) -> SourceConfig:
     raw_name = table.get("name")
@@ -549,54 +551,78 @@ def _parse_source(
         else f"sources[{index}]"
     )
 
+    # Every problem of the source is reported, not only the first: each
+    # independent key is parsed on its own, with a default standing in.
+    problems = _Problems()
+
+    def field(parse: Callable[[], _T], default: _T) -> _T:
+        try:
+            return parse()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return default
+
     for key in table:
         if key in _SECRET_KEYS:
-            raise ConfigError(
+            problems.add(
                 f"{label}.{key}: secrets are not read from the config file: "
                 f"set {key}_env (an environment variable) or {key}_file (a file) instead"
             )
-    _check_keys(table, _SOURCE_KEYS, label)
+    with problems.collect():  # a literal secret is reported above, once
+        _check_keys({k: v for k, v in table.items() if k not in _SECRET_KEYS}, _SOURCE_KEYS, label)
+    secrets = _SecretReader(table, label, env, secret_dir)
+    present: set[str] = set()
+    for key in _SECRET_KEYS:
+        if field(lambda key=key: secrets.configured(key), False):  # type: ignore[misc]
+            present.add(key)
+    # A misspelled or literal secret key would also read as "no credentials".
+    keys_ok = not problems.messages
 
-    name = _require_str(table, "name", label)
-    if not _NAME_RE.fullmatch(name):
-        raise ConfigError(
-            f"{label}.name {name!r} is invalid: use only lowercase letters, digits, '_' and '-'"
-        )
-    kind = _parse_kind(table, label)
-    base_url = _parse_base_url(table, label)
+    name = field(lambda: _parse_name(table, label), "")
+    kind = field(lambda: _parse_kind(table, label), "")
+    base_url = field(lambda: _parse_base_url(table, label), "")
 
     p = _SourceFields(table, label)
-    interval = p.number("interval", 60.0, lambda v: v > 0, "a number of seconds > 0")
-    lookback = p.number("lookback", 900.0, lambda v: v >= 0, "a number of seconds >= 0")
-    page_size = p.integer("page_size", 1000, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000")
-    timeout = p.number("timeout", 30.0, lambda v: v > 0, "a number of seconds > 0")
-    max_retries = p.integer("max_retries", 5, lambda v: v >= 1, "an integer >= 1 (attempts)")
-    max_retry_wait = p.number("max_retry_wait", 60.0, lambda v: v >= 0, "a number of seconds >= 0")
-    reconcile_days = p.number("reconcile_days", 7.0, lambda v: v >= 0, "a number of days >= 0")
-    reconcile_every = p.number(
-        "reconcile_every", 3600.0, lambda v: v > 0, "a number of seconds > 0"
-    )
-    max_pass_duration = p.number(
+
+    def number(key: str, default: float, ok: Callable[[float], bool], what: str) -> float:
+        return field(lambda: p.number(key, default, ok, what), default)
+
+    def integer(key: str, default: int, ok: Callable[[int], bool], what: str) -> int:
+        return field(lambda: p.integer(key, default, ok, what), default)
+
+    interval = number("interval", 60.0, lambda v: v > 0, "a number of seconds > 0")
+    lookback = number("lookback", 900.0, lambda v: v >= 0, "a number of seconds >= 0")
+    page_size = integer("page_size", 1000, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000")
+    timeout = number("timeout", 30.0, lambda v: v > 0, "a number of seconds > 0")
+    max_retries = integer("max_retries", 5, lambda v: v >= 1, "an integer >= 1 (attempts)")
+    max_retry_wait = number("max_retry_wait", 60.0, lambda v: v >= 0, "a number of seconds >= 0")
+    reconcile_days = number("reconcile_days", 7.0, lambda v: v >= 0, "a number of days >= 0")
+    reconcile_every = number("reconcile_every", 3600.0, lambda v: v > 0, "a number of seconds > 0")
+    max_pass_duration = number(
         "max_pass_duration", 3600.0, lambda v: v > 0, "a number of seconds > 0"
     )
-    timezone = _parse_timezone(table.get("timezone", "UTC"), label)
-    business_hours = _parse_business_hours(table.get("business_hours", "06:00-21:00"), label)
-    granted = p.boolean("include_access_granted")
-    denied = p.boolean("include_access_denied")
-    start = _parse_start(table.get("start"), label)
-    systems = _parse_systems(table.get("systems"), label)
-    ca_file = _parse_ca_file(table.get("ca_file"), label, secret_dir)
+    timezone = field(lambda: _parse_timezone(table.get("timezone", "UTC"), label), "UTC")
+    business_hours = field(
+        lambda: _parse_business_hours(table.get("business_hours", "06:00-21:00"), label),
+        (time(6, 0), time(21, 0)),
+    )
+    granted = field(lambda: p.boolean("include_access_granted"), None)
+    denied = field(lambda: p.boolean("include_access_denied"), None)
+    start = field(lambda: _parse_start(table.get("start"), label), None)
+    systems = field(lambda: _parse_systems(table.get("systems"), label), _NO_SYSTEMS)
+    ca_file = field(lambda: _parse_ca_file(table.get("ca_file"), label, secret_dir), None)
 
-    secrets = _SecretReader(table, label, env, secret_dir)
-    present = {key for key in _SECRET_KEYS if secrets.configured(key)}
     oauth_present = present & set(_OAUTH_PARTS)
     if oauth_present and oauth_present != set(_OAUTH_PARTS):
         missing = [k for k in _OAUTH_PARTS if k not in oauth_present]
-        raise ConfigError(
+        problems.add(
             f"{label}: OAuth needs client_id, client_secret and refresh_token; "
             f"missing {', '.join(f'{k}_env/{k}_file' for k in missing)}"
         )
-    _check_credentials(kind, label, present, bool(oauth_present))
+    elif kind and keys_ok:
+        with problems.collect():
+            _check_credentials(kind, label, present, bool(oauth_present))
+    problems.raise_any()
 
     token = secrets.lazy("token")
     api_key = secrets.lazy("api_key")
@@ -635,6 +661,15 @@ def _parse_source(
         secret_problems=tuple(secrets.problems),
         secret_origins=tuple(secrets.origins.items()),
     )
+
+
+def _parse_name(table: dict[str, Any], label: str) -> str:
+    name = _require_str(table, "name", label)
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{label}.name {name!r} is invalid: use only lowercase letters, digits, '_' and '-'"
+        )
+    return name
 
 
 def _parse_timezone(value: object, label: str) -> str:

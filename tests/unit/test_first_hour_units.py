@@ -219,3 +219,24 @@ def test_counted_plurals() -> None:
     assert counted(1, "page") == "1 page"
     assert counted(0, "page") == "0 pages"
     assert counted(1234, "span") == "1,234 spans"
+
+
+def test_every_problem_of_one_source_is_reported(tmp_path: Path) -> None:
+    text = """
+    [[sources]]
+    name = "hq"
+    kind = "doorflow"
+    base_url = "ftp://api.doorflow.com"
+    token_env = "T"
+    interval = 0
+    timezone = "Mars/Olympus"
+    intervall = 5
+    """
+    with pytest.raises(ConfigError) as info:
+        _settings(tmp_path, text, {"T": "t"})
+    problems = info.value.problems
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("sources[hq].intervall: unknown key")
+    assert problems[1].startswith("sources[hq].base_url must be an http(s) URL")
+    assert problems[2] == "sources[hq].interval must be a number of seconds > 0, got 0"
+    assert problems[3].startswith("sources[hq].timezone 'Mars/Olympus' is not a known IANA zone")
