@@ -37,6 +37,7 @@ import httpx
 import sqlalchemy as sa
 import structlog
 
+from syncd import wording
 from syncd.config import SourceConfig
 from syncd.db import backfills
 from syncd.db.backfills import Span, WindowRow
@@ -190,11 +191,11 @@ class BackfillReport:
         w = self.written
         return (
             f"{self.source}: backfill {_iso(self.since)} .. {_iso(self.until)} "
-            f"in {self.total} windows of {format_window(self.window)}: "
-            f"{self.loaded} loaded, {self.done_before} already done, {self.reused} reused; "
-            f"{self.events} events read ({w.inserted} new, {w.updated} updated, "
-            f"{w.unchanged} unchanged, {w.rejected} rejected) in {self.pages} pages, "
-            f"{self.duration_s:.1f}s"
+            f"in {wording.counted(self.total, 'window')} of {format_window(self.window)}: "
+            f"{self.loaded:,} loaded, {self.done_before:,} already done, {self.reused:,} reused; "
+            f"{wording.counted(self.events, 'event')} read ({w.inserted:,} new, "
+            f"{w.updated:,} updated, {w.unchanged:,} unchanged, {w.rejected:,} rejected) "
+            f"in {wording.counted(self.pages, 'page')}, {self.duration_s:.1f}s"
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -23,8 +23,9 @@ import structlog
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
-from syncd.errors import DatabaseUnavailable, SyncdError
+from syncd.errors import ConfigError, DatabaseUnavailable, SyncdError
 from syncd.simulators.cli import simulate
+from syncd.wording import counted
 
 if TYPE_CHECKING:
     from syncd.bi_role import RoleRecipe
@@ -46,9 +47,27 @@ class Context:
 
     @property
     def settings(self) -> Settings:
+        """The settings, without requiring any source's secrets (see :meth:`sources`)."""
         if self._settings is None:
-            self._settings = load_settings(self.config_path, self.database_url)
+            self._settings = load_settings(self.config_path, self.database_url, secrets_for=())
         return self._settings
+
+    def sources(self, names: Sequence[str] = ()) -> list[SourceConfig]:
+        """The named (else every) configured source, with its secrets.
+
+        A command needs the secrets of the sources it touches, and only
+        those: one ConfigError lists every secret these sources lack.
+        """
+        settings = self.settings
+        chosen = [settings.source(name) for name in names] if names else list(settings.sources)
+        problems = [problem for source in chosen for problem in source.secret_problems]
+        if problems:
+            raise ConfigError.of(problems)
+        return chosen
+
+    def sqlite_file_missing(self) -> bool:
+        """Whether the database is a SQLite file that does not exist (yet)."""
+        return _sqlite_file_missing(self.settings.database_url)
 
     def engine(self) -> sa.Engine:
         from syncd.db.engine import check_connection, create_engine
@@ -59,6 +78,19 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    """A SQLite file URL whose file does not exist: opening it would create it."""
+    from pathlib import Path
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return False
+    return not Path(database).exists()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,7 +194,7 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
         raise SyncdError(
             "no sources configured: add [[sources]] to syncd.toml (see README) or try `syncd demo`"
         )
-    sources = [settings.source(name) for name in names] if names else list(settings.sources)
+    sources = ctx.sources(names)
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
     # The views need the sources and their calendars, the passes do not: on
     # PostgreSQL the (first-run) calendar write overlaps the passes instead of
@@ -188,9 +220,9 @@ def _sync_each(store: Store, sources: Sequence[SourceConfig]) -> int:
         elif result.ok:
             w = result.written
             click.echo(
-                f"{source.name}: ok, {w.inserted} new, {w.updated} updated, "
-                f"{w.unchanged} unchanged, {w.rejected} rejected "
-                f"in {result.pages} pages, {result.duration_s:.1f}s"
+                f"{source.name}: ok, {w.inserted:,} new, {w.updated:,} updated, "
+                f"{w.unchanged:,} unchanged, {w.rejected:,} rejected "
+                f"in {counted(result.pages, 'page')}, {result.duration_s:.1f}s"
             )
             if result.reconciled is not None:
                 click.echo(f"  reconciled {result.reconciled.summary()}")
@@ -252,7 +284,7 @@ def reconcile(ctx: Context, name: str, since: str | None, until: str | None, as_
     from syncd.engine import describe_error, utcnow
     from syncd.reconcile import reconcile as run_reconcile
 
-    config = ctx.settings.source(name)
+    (config,) = ctx.sources([name])
     now = utcnow()
     until_at = _parse_instant(until, "--until") or now
     since_at = _parse_instant(since, "--since") or (
@@ -330,7 +362,7 @@ def backfill(ctx: Context, name: str, since: str, until: str | None, window: str
     assert since_at is not None
     until_given = _parse_instant(until, "--until")
     step = parse_window(window)
-    config = ctx.settings.source(name)
+    (config,) = ctx.sources([name])
     if until_given is not None:
         windows(since_at, until_given, step)  # a bad range is one line before any I/O
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
@@ -442,6 +474,12 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
         raise SyncdError(
             "no sources configured: add [[sources]] to syncd.toml (see README) or try `syncd demo`"
         )
+    ctx.sources()  # the daemon touches every source
+    if not migrate_first and ctx.sqlite_file_missing():
+        # Checked before opening it: opening would create the file.
+        raise DatabaseUnavailable(
+            "the database has no syncd schema: run `syncd migrate` first, or `syncd run --migrate`"
+        )
     host, port = (
         parse_listen(listen, "--listen")
         if listen is not None
@@ -461,13 +499,14 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
         options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **options)
     check_connection(engine)
+    if not migrate_first:
+        # Before the lock: a refused start leaves no lock file behind.
+        _ready_engine_check(engine)
     _lock = _daemon_lock(engine)  # held until the process exits
     if migrate_first:
         from syncd.db import migrate as migrations
 
         migrations.upgrade(engine)
-    else:
-        _ready_engine_check(engine)
     from syncd.bi import sync_sources
 
     # The BI views read each source's zone and hours from the database.
@@ -521,16 +560,49 @@ def _daemon_lock(engine: sa.Engine) -> Any:
 
 
 @cli.command()
+@click.option(
+    "--source",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Only this source (repeatable). Default: every configured source.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def check(ctx: Context, names: Sequence[str], as_json: bool) -> None:
+    """Preflight: secrets, connection, credentials, scope, clock, database; one line each."""
+    from syncd.check import format_lines, run_checks
+
+    settings = ctx.settings
+    sources = [settings.source(name) for name in names] if names else list(settings.sources)
+    lines, seconds = run_checks(sources, settings.database_url)
+    failed = any(line.status == "failed" for line in lines)
+    if as_json:
+        document = {"ok": not failed, "checks": [line.to_json() for line in lines]}
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        if not sources:
+            click.echo("no sources configured: add [[sources]] to syncd.toml (see README)")
+        for text in format_lines(lines):
+            click.echo(text)
+        verdict = "some checks failed" if failed else "all checks passed"
+        click.echo(f"{verdict} ({seconds:.1f}s)")
+    if failed:
+        raise SystemExit(1)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Per source: cursor, last success, last error, lag, row count."""
-    from syncd.db.store import Store
+    from syncd.db.backfills import summaries
 
-    store = Store(_ready_engine(ctx, migrate_if_empty=False))
+    store = _existing_store(ctx)  # read-only: never creates the database
     now = datetime.now(UTC)
-    states = store.all_states()
-    stats = store.source_stats()
+    states = store.all_states() if store else {}
+    stats = store.source_stats() if store else {}
+    loads: list[BackfillSummary] = summaries(store) if store else []
     configured = {s.name: s.kind for s in ctx.settings.sources}
     names = list(configured) + sorted((set(states) | set(stats)) - set(configured))
     rows = []
@@ -552,18 +624,46 @@ def status(ctx: Context, as_json: bool) -> None:
                 "last_error_at": _iso(state.last_error_at) if state else None,
                 "consecutive_failures": state.consecutive_failures if state else 0,
                 "reconciled_at": _iso(state.reconciled_at) if state else None,
-                "cursor": state.cursor if state else {},
+                "cursor": _readable_cursor(state.cursor) if state else {},
             }
         )
-    from syncd.db.backfills import summaries
-
-    loads = summaries(store)
     if as_json:
         document = {"sources": rows, "backfills": [b.to_json() for b in loads]}
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     _print_status(rows)
     _print_backfills(loads)
+    if store is None:
+        click.echo("no database file yet: the first `syncd sync` (or `syncd migrate`) creates it")
+
+
+def _existing_store(ctx: Context) -> Store | None:
+    """The database's store, or None when its SQLite file does not exist (nothing synced).
+
+    That file is not opened: opening would create it. A database that exists
+    but has no (or another version's) schema is refused with its fix.
+    """
+    from syncd.db.store import Store
+
+    if ctx.sqlite_file_missing():
+        return None
+    return Store(_ready_engine(ctx, migrate_if_empty=False))
+
+
+def _readable_cursor(value: Any) -> Any:
+    """The cursor with a ``scope`` kept as JSON text (IntServ's filters) shown as JSON."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            parsed = item
+            if key == "scope" and isinstance(item, str):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    parsed = orjson.loads(item)
+            out[key] = _readable_cursor(parsed)
+        return out
+    if isinstance(value, list):
+        return [_readable_cursor(item) for item in value]
+    return value
 
 
 def _print_backfills(loads: list[BackfillSummary], shown: int = 10) -> None:
@@ -587,6 +687,7 @@ def _print_backfills(loads: list[BackfillSummary], shown: int = 10) -> None:
 
 
 def _print_status(rows: list[dict[str, Any]]) -> None:
+    """A table that fits 80 columns; each last error on its own lines below it."""
     from rich.console import Console
     from rich.table import Table
 
@@ -595,23 +696,27 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         return
     table = Table(title="syncd status")
     table.add_column("source", no_wrap=True)
-    table.add_column("kind")
+    table.add_column("kind", no_wrap=True)
     for column in ("rows", "rejected", "lag"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("last success", no_wrap=True)
-    table.add_column("last error")
     for row in rows:
         lag = row["lag_seconds"]
+        never = row["last_success_at"] is None
         table.add_row(
             row["source"],
-            row["kind"] or "-",
-            str(row["rows"]),
-            str(row["rejected"]),
-            "-" if lag is None else _duration(lag),
+            row["kind"] or "not configured",
+            f"{row['rows']:,}",
+            f"{row['rejected']:,}",
+            # A lag means "behind since the last success": none without one.
+            "-" if lag is None or never else _duration(lag),
             (row["last_success_at"] or "never")[:19].replace("T", " "),
-            (row["last_error"] or "")[:80],
         )
     Console().print(table)
+    for row in rows:
+        if row["last_error"]:
+            at = (row["last_error_at"] or "")[:19].replace("T", " ")
+            click.echo(f"{row['source']} last error ({at}): {row['last_error']}")
     for row in rows:
         click.echo(f"{row['source']} cursor: {orjson.dumps(row['cursor']).decode()}")
 
@@ -621,6 +726,9 @@ def _duration(seconds: float) -> str:
         if abs(seconds) >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+DEMO_DATABASE_URL = "sqlite:///syncd-demo.db"
 
 
 @cli.command()
@@ -642,19 +750,30 @@ def _duration(seconds: float) -> str:
 )
 @pass_context
 def demo(ctx: Context, passes: int, keep_running: bool, interval: float) -> None:
-    """Zero-config tour: sync both simulators into the database and report."""
+    """Zero-config tour: sync both simulators into ./syncd-demo.db (or --database-url)."""
     from syncd.demo import run_demo
     from syncd.logging import configure_logging
 
     root = click.get_current_context().find_root().params
     if root.get("log_level") is None:  # the report, not log lines (SYNCD_LOG_LEVEL still wins)
+        # Retries after the injected faults are counted in the report itself.
         log_format = root.get("log_format")
-        configure_logging(
-            level="warning", json=None if log_format is None else log_format == "json"
-        )
+        configure_logging(level="error", json=None if log_format is None else log_format == "json")
+    from syncd.config import DaemonConfig, normalize_database_url
+
+    # The demo's own database, never the one a syncd.toml or
+    # $SYNCD_DATABASE_URL names (its fake events would mix with real ones),
+    # and none of the configured sources (nor their secrets).
+    demo_ctx = Context(None, None)
+    demo_ctx._settings = Settings(
+        database_url=normalize_database_url(ctx.database_url or DEMO_DATABASE_URL),
+        daemon=DaemonConfig(),
+        sources=(),
+        config_path=None,
+    )
     status = run_demo(
-        lambda: _ready_engine(ctx, migrate_if_empty=True),
-        ctx.settings,
+        lambda: _ready_engine(demo_ctx, migrate_if_empty=True),
+        demo_ctx.settings,
         passes=passes,
         keep_running=keep_running,
         interval=interval,
@@ -807,7 +926,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except SyncdError as exc:
-        click.echo(f"syncd: {exc}", err=True)
+        for line in str(exc).splitlines() or [""]:  # several config problems: one line each
+            click.echo(f"syncd: {line}", err=True)
         sys.exit(1)
     except sa.exc.SQLAlchemyError as exc:
         from syncd.db.engine import first_line

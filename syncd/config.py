@@ -24,6 +24,7 @@ never contain a secret value.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
@@ -32,11 +33,11 @@ import re
 import ssl
 import tomllib
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from syncd.errors import ConfigError
@@ -60,6 +61,8 @@ ENV_CONFIG = "SYNCD_CONFIG"
 ENV_DATABASE_URL = "SYNCD_DATABASE_URL"
 
 _NAME_RE = re.compile(r"[a-z0-9_-]+")
+_T = TypeVar("_T")
+_NO_SYSTEMS: tuple[str, ...] = ()
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -122,6 +125,22 @@ class SourceConfig:
     business_hours: tuple[time, time] = (time(6, 0), time(21, 0))
     max_pass_duration: float = 3600.0
     ca_file: Path | None = None  # PEM CA bundle the vendor's certificate is verified against
+    # What keeps this source's secrets from being read (a variable not set, a
+    # file not mounted): an error only for a command that touches the source.
+    secret_problems: tuple[str, ...] = field(default=(), compare=False)
+    # Where each secret comes from, for messages: ("token", "$DF_TOKEN"), ...
+    secret_origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def secret_origin(self, *keys: str) -> str:
+        """Where the first of ``keys`` that is configured comes from ("$VAR" or a path)."""
+        origins = dict(self.secret_origins)
+        found = [f"{origins[k]} ({k})" for k in keys if k in origins]
+        return ", ".join(found) or "its credentials"
+
+    def require_secrets(self) -> None:
+        """Raise the ConfigError of every secret this source lacks (a command touches it)."""
+        if self.secret_problems:
+            raise ConfigError.of(self.secret_problems)
 
     def tls_verify(self) -> ssl.SSLContext:
         """What the source's HTTP client verifies the vendor's certificate with.
@@ -257,21 +276,31 @@ def load_settings(
     database_url: str | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    secrets_for: Iterable[str] | None = None,
 ) -> Settings:
-    """Resolve and validate the settings; raise ConfigError on any problem."""
+    """Resolve and validate the settings; raise ConfigError on any problem.
+
+    Every problem of the file is reported at once (one line each). A secret
+    that cannot be read (a variable not set, a file missing) is a problem only
+    for the sources named by ``secrets_for`` (default: every source): a
+    command needs the secrets of the sources it touches, and only those.
+    """
     env: Mapping[str, str] = os.environ if environ is None else environ
     base_dir = Path.cwd() if cwd is None else Path(cwd)
 
     path = _resolve_config_path(config_path, env, base_dir)
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
 
-    _check_keys(data, _TOP_KEYS, "")
+    problems = _Problems()
+    with problems.collect():
+        _check_keys(data, _TOP_KEYS, "")
     file_url = data.get("database_url")
     if file_url is not None and not isinstance(file_url, str):
-        raise ConfigError(
+        problems.add(
             f"database_url must be a string such as {DEFAULT_DATABASE_URL!r}, "
             f"got {_type_name(file_url)}"
         )
+        file_url = None
 
     if database_url is not None:
         url, origin = database_url, "--database-url"
@@ -283,12 +312,47 @@ def load_settings(
         url, origin = DEFAULT_DATABASE_URL, "database_url"
 
     secret_dir = path.parent if path is not None else base_dir
-    return Settings(
-        database_url=_normalize_database_url(url, origin),
-        daemon=_parse_daemon(data.get("daemon")),
-        sources=_parse_sources(data.get("sources"), env, secret_dir),
-        config_path=path,
-    )
+    database = DEFAULT_DATABASE_URL
+    with problems.collect():
+        database = _normalize_database_url(url, origin)
+    daemon = DaemonConfig()
+    with problems.collect():
+        daemon = _parse_daemon(data.get("daemon"))
+    sources: tuple[SourceConfig, ...] = ()
+    with problems.collect():
+        sources = _parse_sources(data.get("sources"), env, secret_dir, problems)
+    needed = None if secrets_for is None else set(secrets_for)
+    for src in sources:
+        if needed is None or src.name in needed:
+            problems.extend(src.secret_problems)
+    problems.raise_any()
+    return Settings(database_url=database, daemon=daemon, sources=sources, config_path=path)
+
+
+class _Problems:
+    """Config problems gathered so that one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+
+    def extend(self, messages: Iterable[str]) -> None:
+        for message in messages:
+            self.add(message)
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as exc:
+            self.extend(exc.problems)
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise ConfigError.of(self.messages)
 
 
 def normalize_database_url(url: str) -> str:
@@ -450,7 +514,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _parse_sources(
-    value: object, env: Mapping[str, str], secret_dir: Path
+    value: object, env: Mapping[str, str], secret_dir: Path, problems: _Problems
 ) -> tuple[SourceConfig, ...]:
     if value is None:
         return ()
@@ -463,22 +527,28 @@ def _parse_sources(
     seen: dict[str, int] = {}
     for index, table in enumerate(value):
         if not isinstance(table, dict):
-            raise ConfigError(
+            problems.add(
                 f"sources[{index}] must be a table: write each source as [[sources]], "
                 f"got {_type_name(table)}"
             )
-        src = _parse_source(index, table, env, secret_dir)
+            continue
+        try:
+            src = _parse_source(index, table, env, secret_dir)
+        except ConfigError as exc:  # the next source may have problems too
+            problems.extend(exc.problems)
+            continue
         if src.name in seen:
-            raise ConfigError(
+            problems.add(
                 f"sources[{index}].name {src.name!r} is already used by sources[{seen[src.name]}]: "
                 "source names must be unique"
             )
+            continue
         seen[src.name] = index
         result.append(src)
     return tuple(result)
 
 
-def _parse_source(
+def _parse_source(  # noqa: PLR0915 (one statement per key, read top to bottom)
     index: int, table: dict[str, Any], env: Mapping[str, str], secret_dir: Path
 ) -> SourceConfig:
     raw_name = table.get("name")
@@ -488,65 +558,89 @@ def _parse_source(
         else f"sources[{index}]"
     )
 
+    # Every problem of the source is reported, not only the first: each
+    # independent key is parsed on its own, with a default standing in.
+    problems = _Problems()
+
+    def field(parse: Callable[[], _T], default: _T) -> _T:
+        try:
+            return parse()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return default
+
     for key in table:
         if key in _SECRET_KEYS:
-            raise ConfigError(
+            problems.add(
                 f"{label}.{key}: secrets are not read from the config file: "
                 f"set {key}_env (an environment variable) or {key}_file (a file) instead"
             )
-    _check_keys(table, _SOURCE_KEYS, label)
+    with problems.collect():  # a literal secret is reported above, once
+        _check_keys({k: v for k, v in table.items() if k not in _SECRET_KEYS}, _SOURCE_KEYS, label)
+    secrets = _SecretReader(table, label, env, secret_dir)
+    present: set[str] = set()
+    for key in _SECRET_KEYS:
+        if field(lambda key=key: secrets.configured(key), False):  # type: ignore[misc]
+            present.add(key)
+    # A misspelled or literal secret key would also read as "no credentials".
+    keys_ok = not problems.messages
 
-    name = _require_str(table, "name", label)
-    if not _NAME_RE.fullmatch(name):
-        raise ConfigError(
-            f"{label}.name {name!r} is invalid: use only lowercase letters, digits, '_' and '-'"
-        )
-    kind = _parse_kind(table, label)
-    base_url = _parse_base_url(table, label)
+    name = field(lambda: _parse_name(table, label), "")
+    kind = field(lambda: _parse_kind(table, label), "")
+    base_url = field(lambda: _parse_base_url(table, label), "")
 
     p = _SourceFields(table, label)
-    interval = p.number("interval", 60.0, lambda v: v > 0, "a number of seconds > 0")
-    lookback = p.number("lookback", 900.0, lambda v: v >= 0, "a number of seconds >= 0")
-    page_size = p.integer("page_size", 1000, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000")
-    timeout = p.number("timeout", 30.0, lambda v: v > 0, "a number of seconds > 0")
-    max_retries = p.integer("max_retries", 5, lambda v: v >= 1, "an integer >= 1 (attempts)")
-    max_retry_wait = p.number("max_retry_wait", 60.0, lambda v: v >= 0, "a number of seconds >= 0")
-    reconcile_days = p.number("reconcile_days", 7.0, lambda v: v >= 0, "a number of days >= 0")
-    reconcile_every = p.number(
-        "reconcile_every", 3600.0, lambda v: v > 0, "a number of seconds > 0"
-    )
-    max_pass_duration = p.number(
+
+    def number(key: str, default: float, ok: Callable[[float], bool], what: str) -> float:
+        return field(lambda: p.number(key, default, ok, what), default)
+
+    def integer(key: str, default: int, ok: Callable[[int], bool], what: str) -> int:
+        return field(lambda: p.integer(key, default, ok, what), default)
+
+    interval = number("interval", 60.0, lambda v: v > 0, "a number of seconds > 0")
+    lookback = number("lookback", 900.0, lambda v: v >= 0, "a number of seconds >= 0")
+    page_size = integer("page_size", 1000, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000")
+    timeout = number("timeout", 30.0, lambda v: v > 0, "a number of seconds > 0")
+    max_retries = integer("max_retries", 5, lambda v: v >= 1, "an integer >= 1 (attempts)")
+    max_retry_wait = number("max_retry_wait", 60.0, lambda v: v >= 0, "a number of seconds >= 0")
+    reconcile_days = number("reconcile_days", 7.0, lambda v: v >= 0, "a number of days >= 0")
+    reconcile_every = number("reconcile_every", 3600.0, lambda v: v > 0, "a number of seconds > 0")
+    max_pass_duration = number(
         "max_pass_duration", 3600.0, lambda v: v > 0, "a number of seconds > 0"
     )
-    timezone = _parse_timezone(table.get("timezone", "UTC"), label)
-    business_hours = _parse_business_hours(table.get("business_hours", "06:00-21:00"), label)
-    granted = p.boolean("include_access_granted")
-    denied = p.boolean("include_access_denied")
-    start = _parse_start(table.get("start"), label)
-    systems = _parse_systems(table.get("systems"), label)
-    ca_file = _parse_ca_file(table.get("ca_file"), label, secret_dir)
+    timezone = field(lambda: _parse_timezone(table.get("timezone", "UTC"), label), "UTC")
+    business_hours = field(
+        lambda: _parse_business_hours(table.get("business_hours", "06:00-21:00"), label),
+        (time(6, 0), time(21, 0)),
+    )
+    granted = field(lambda: p.boolean("include_access_granted"), None)
+    denied = field(lambda: p.boolean("include_access_denied"), None)
+    start = field(lambda: _parse_start(table.get("start"), label), None)
+    systems = field(lambda: _parse_systems(table.get("systems"), label), _NO_SYSTEMS)
+    ca_file = field(lambda: _parse_ca_file(table.get("ca_file"), label, secret_dir), None)
 
-    secrets = _SecretReader(table, label, env, secret_dir)
-    present = {key for key in _SECRET_KEYS if secrets.configured(key)}
     oauth_present = present & set(_OAUTH_PARTS)
     if oauth_present and not oauth_present >= set(_OAUTH_REQUIRED):
         missing = [k for k in _OAUTH_REQUIRED if k not in oauth_present]
-        raise ConfigError(
+        problems.add(
             f"{label}: OAuth needs client_id and client_secret (and refresh_token, or a "
             "token stored by `syncd auth doorflow`); "
             f"missing {', '.join(f'{k}_env/{k}_file' for k in missing)}"
         )
-    _check_credentials(kind, label, present, bool(oauth_present))
+    elif kind and keys_ok:
+        with problems.collect():
+            _check_credentials(kind, label, present, bool(oauth_present))
+    problems.raise_any()
 
-    token = secrets.read("token")
-    api_key = secrets.read("api_key")
+    token = secrets.lazy("token")
+    api_key = secrets.lazy("api_key")
     oauth: OAuthCredentials | None = None
     if oauth_present:
-        oauth = OAuthCredentials(
-            client_id=secrets.require("client_id"),
-            client_secret=secrets.require("client_secret"),
-            refresh_token=secrets.read("refresh_token"),
-        )
+        client_id, client_secret = secrets.lazy("client_id"), secrets.lazy("client_secret")
+        refresh_token = secrets.lazy("refresh_token")
+        if client_id and client_secret:
+            oauth = OAuthCredentials(client_id, client_secret, refresh_token)
+    webhook_secret = secrets.lazy("webhook_secret")
 
     return SourceConfig(
         name=name,
@@ -562,7 +656,7 @@ def _parse_source(
         systems=systems,
         include_access_granted=granted,
         include_access_denied=denied,
-        webhook_secret=secrets.read("webhook_secret"),
+        webhook_secret=webhook_secret,
         timeout=timeout,
         max_retries=max_retries,
         max_retry_wait=max_retry_wait,
@@ -572,7 +666,18 @@ def _parse_source(
         business_hours=business_hours,
         max_pass_duration=max_pass_duration,
         ca_file=ca_file,
+        secret_problems=tuple(secrets.problems),
+        secret_origins=tuple(secrets.origins.items()),
     )
+
+
+def _parse_name(table: dict[str, Any], label: str) -> str:
+    name = _require_str(table, "name", label)
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{label}.name {name!r} is invalid: use only lowercase letters, digits, '_' and '-'"
+        )
+    return name
 
 
 def _parse_timezone(value: object, label: str) -> str:
@@ -671,19 +776,31 @@ def _parse_ca_file(value: object, label: str, base_dir: Path) -> Path | None:
     return path
 
 
-def _parse_start(value: object, label: str) -> datetime | None:
+def _parse_start(value: object, label: str, now: datetime | None = None) -> datetime | None:
+    """An aware instant; a bare date means its midnight UTC (as ``--since 2026-11-25``).
+
+    A ``start`` in the future is refused: a pass reads from ``start`` up to
+    now, so it would find nothing until that day, and look healthy meanwhile.
+    """
     key = f"{label}.start"
     if value is None:
         return None
     if isinstance(value, datetime):
         parsed = value
-    elif isinstance(value, (date, time)):
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    elif isinstance(value, time):
         raise ConfigError(
             f"{key} must be a date and time with a timezone, such as '2024-01-01T00:00:00Z'"
         )
     elif isinstance(value, str):
+        text = value.strip()
         try:
-            parsed = datetime.fromisoformat(value.strip())
+            parsed = (
+                datetime.combine(date.fromisoformat(text), time(), UTC)
+                if _DATE_ONLY_RE.fullmatch(text)
+                else datetime.fromisoformat(text)
+            )
         except ValueError:
             raise ConfigError(
                 f"{key} must be an ISO 8601 date-time such as '2024-01-01T00:00:00Z', got {value!r}"
@@ -698,7 +815,17 @@ def _parse_start(value: object, label: str) -> datetime | None:
             f"{key} has no timezone: add 'Z' for UTC or an offset such as '+01:00' "
             f"(e.g. '2024-01-01T00:00:00Z')"
         )
-    return parsed.astimezone(UTC)
+    start = parsed.astimezone(UTC)
+    if start > (now or datetime.now(UTC)):
+        shown = start.isoformat().replace("+00:00", "Z")
+        raise ConfigError(
+            f"{key} {shown} is in the future: a pass reads from start up to now and would "
+            "find nothing until then; use a past time, or leave start out (7 days back)"
+        )
+    return start
+
+
+_DATE_ONLY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _parse_systems(value: object, label: str) -> tuple[str, ...]:
@@ -771,6 +898,10 @@ class _SourceFields:
         )
 
 
+class _SecretUnavailable(ConfigError):
+    """A secret's value cannot be read (unlike a mistake in the file's keys)."""
+
+
 class _SecretReader:
     """Reads ``<key>_env`` / ``<key>_file``; messages name keys, variables and paths only."""
 
@@ -781,6 +912,16 @@ class _SecretReader:
         self._label = label
         self._env = env
         self._base_dir = base_dir
+        self.problems: list[str] = []
+        self.origins: dict[str, str] = {}
+
+    def lazy(self, key: str) -> Secret | None:
+        """:meth:`read`, with a value that cannot be read kept in :attr:`problems`."""
+        try:
+            return self.read(key)
+        except _SecretUnavailable as exc:
+            self.problems.append(str(exc))
+            return None
 
     def configured(self, key: str) -> bool:
         has_env = f"{key}_env" in self._table
@@ -788,12 +929,6 @@ class _SecretReader:
         if has_env and has_file:
             raise ConfigError(f"{self._label}: set either {key}_env or {key}_file, not both")
         return has_env or has_file
-
-    def require(self, key: str) -> Secret:
-        secret = self.read(key)
-        if secret is None:  # callers check configured() first
-            raise ConfigError(f"{self._label}: set {key}_env or {key}_file")
-        return secret
 
     def read(self, key: str) -> Secret | None:
         if not self.configured(key):
@@ -806,12 +941,15 @@ class _SecretReader:
                 raise ConfigError(
                     f"{where} must be the name of an environment variable, got {_describe(var)}"
                 )
+            self.origins[key] = f"${var.strip()}"
             value = self._env.get(var.strip())
             if value is None:
-                raise ConfigError(f"{where}: environment variable {var.strip()} is not set")
+                raise _SecretUnavailable(f"{where}: environment variable {var.strip()} is not set")
             if not value.strip():
-                raise ConfigError(f"{where}: environment variable {var.strip()} is empty")
-            return Secret(value)
+                raise _SecretUnavailable(f"{where}: environment variable {var.strip()} is empty")
+            # Like a *_file: a secret store's trailing newline is not part of
+            # the secret (sent in a header it fails every request).
+            return Secret(value.strip())
 
         where = f"{self._label}.{file_key}"
         path_text = self._table[file_key]
@@ -820,16 +958,17 @@ class _SecretReader:
         path = _expand(Path(path_text.strip()), where)
         if not path.is_absolute():
             path = self._base_dir / path
+        self.origins[key] = str(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            raise ConfigError(f"{where}: cannot read {str(path)!r}: {reason}") from None
+            raise _SecretUnavailable(f"{where}: cannot read {str(path)!r}: {reason}") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"{where}: {str(path)!r} is not UTF-8 text") from None
-        value = text.rstrip()
+            raise _SecretUnavailable(f"{where}: {str(path)!r} is not UTF-8 text") from None
+        value = text.strip()
         if not value:
-            raise ConfigError(f"{where}: {str(path)!r} is empty")
+            raise _SecretUnavailable(f"{where}: {str(path)!r} is empty")
         return Secret(value)
 
 

@@ -89,6 +89,7 @@ from syncd.engine import PassResult, run_pass
 from syncd.errors import SyncdError
 from syncd.simulators import DoorFlowSimulator, Faults, IntServSimulator, SimClock
 from syncd.sources.doorflow import DoorFlowCursor
+from syncd.wording import counted
 
 DOORFLOW_SOURCE = "demo-doorflow"
 INTSERV_SOURCE = "demo-intserv"
@@ -398,7 +399,7 @@ def _report_pass(out: Console, label: str, result: PassResult, tally: Tally) -> 
     elif result.ok:
         line = (
             f"{w.inserted:>6,} new {w.updated:>4,} updated {w.unchanged:>6,} unchanged "
-            f"{w.rejected:>3,} rejected   {result.pages} pages, {result.duration_s:.1f}s"
+            f"{w.rejected:>3,} rejected   {counted(result.pages, 'page')}, {result.duration_s:.1f}s"
         )
     else:
         line = f"FAILED: {result.error}"
@@ -644,6 +645,14 @@ def _handled(out: Console, world: World, tally: Tally, totals: dict[str, int]) -
             "Nothing lost, nothing twice: the database holds exactly the events the simulators "
             f"serve ({expected[DOORFLOW_SOURCE]:,} DoorFlow, {expected[INTSERV_SOURCE]:,} "
             "IntServ), once each.",
+        )
+    unlisted = len(world.doorflow.truth()) - expected[DOORFLOW_SOURCE]
+    if unlisted:
+        _say(
+            out,
+            f"DoorFlow's history also holds {counted(unlisted, 'remote-control event')} "
+            "(codes 50-63) that its event list cannot return: only webhooks deliver those "
+            "(see the README's webhooks section).",
         )
     else:
         _say(

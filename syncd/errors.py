@@ -32,13 +32,28 @@ into a ``RejectedRecord`` and the pass goes on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SyncdError(Exception):
     """Base class for every error syncd raises on purpose."""
 
 
 class ConfigError(SyncdError):
-    """The configuration is invalid. The message names the key and the fix."""
+    """The configuration is invalid. The message names the key and the fix.
+
+    ``problems``: one line per problem (a message of several problems is those
+    lines joined by newlines), so that every mistake is reported at once.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems) if problems else (message,)
+
+    @classmethod
+    def of(cls, problems: Sequence[str]) -> ConfigError:
+        """One error reporting every one of ``problems``."""
+        return cls("\n".join(problems), problems)
 
 
 class DatabaseUnavailable(SyncdError):

@@ -48,6 +48,7 @@ import structlog
 from syncd.config import SourceConfig
 from syncd.db.store import Store, WriteResult
 from syncd.engine import Clock, NoCursor, SourceRuntime, drive, utcnow
+from syncd.wording import counted
 
 log = structlog.get_logger(__name__)
 
@@ -98,9 +99,10 @@ class ReconcileReport:
         if not self.supported:
             return f"{self.source}: {self.note}"
         return (
-            f"{self.source}: {self.spans_checked} spans checked, {self.spans_reread} re-read, "
-            f"{self.found} missing events found, {self.written.updated} updated, "
-            f"{self.requests} vendor requests, {self.duration_s:.1f}s"
+            f"{self.source}: {counted(self.spans_checked, 'span')} checked, "
+            f"{self.spans_reread:,} re-read, {counted(self.found, 'missing event')} found, "
+            f"{self.written.updated:,} updated, {counted(self.requests, 'vendor request')}, "
+            f"{self.duration_s:.1f}s"
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -785,9 +786,20 @@ class Store:
                 except BlockingIOError:
                     yield False
                     return
+                # The refresh lock is taken by read-only commands too (`syncd
+                # check` refreshes), which must leave no file behind: it is
+                # removed while held. A process that opened the old file before
+                # the removal holds a lock on a gone inode, sees that, and
+                # counts as not having acquired it (its caller tries again).
+                ephemeral = namespace == "refresh"
+                if ephemeral and not _still_linked(handle.fileno(), path):
+                    yield False
+                    return
                 try:
                     yield True
                 finally:
+                    if ephemeral:
+                        path.unlink(missing_ok=True)
                     fcntl.flock(handle, fcntl.LOCK_UN)
         finally:
             local.release()
@@ -820,6 +832,16 @@ def _aggregate_time(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
     return value
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed or replaced)."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def lock_key(source: str, namespace: str = "source") -> int:

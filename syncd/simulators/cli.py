@@ -21,6 +21,7 @@ _DOORFLOW_ONLY = (
     "name_update_share",
     "name_update_delay",
     "token_expiry",
+    "oauth_scope",
     "unlist",
     "token",
     "webhook_url",
@@ -103,6 +104,17 @@ _positive = click.FloatRange(min=0.0)
     default=3600.0,
     type=_positive,
     help="DoorFlow: OAuth access token lifetime, s.",
+)
+@click.option(
+    "--oauth-scope",
+    default="account.event.access.readonly",
+    help="DoorFlow: the scopes (space-separated) an OAuth grant has.",
+)
+@click.option(
+    "--date-skew",
+    default=0.0,
+    type=float,
+    help="Seconds added to the Date header (a vendor whose clock is off).",
 )
 @click.option(
     "--unlist",
@@ -191,6 +203,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             name_update_share=options["name_update_share"],
             name_update_delay=options["name_update_delay"],
             token_expiry=options["token_expiry"],
+            oauth_scope=options["oauth_scope"],
             listable_codes=DOORFLOW_LISTABLE_CODES - unlisted,
             token=options["token"],
             webhook_url=options["webhook_url"],
@@ -221,6 +234,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             report_current_least_sync_time=options["current_least_sync_time"],
             offline=offline,
         )
+    sim.date_skew = options["date_skew"]
     _run(sim, comebacks)
 
 

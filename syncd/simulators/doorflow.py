@@ -246,6 +246,7 @@ class DoorFlowSimulator(BaseSimulator):
         malformed_share: float = 0.0,
         malformed_kinds: Iterable[str] | None = None,
         token_expiry: float = 3600.0,
+        oauth_scope: str = "account.event.access.readonly",
         listable_codes: Iterable[int] | None = None,
         rate: float = 0.0,
         webhook_url: str | None = None,
@@ -279,6 +280,8 @@ class DoorFlowSimulator(BaseSimulator):
         self.malformed_share = malformed_share
         self._bad_kinds = kind_indexes(malformed_kinds)
         self.token_expiry = token_expiry
+        self.oauth_scope = oauth_scope
+        """The scopes (space-separated) an OAuth grant has: what ``/oauth/token/info`` says."""
         self.listable_codes = (
             data.DOORFLOW_LISTABLE_CODES if listable_codes is None else listable_codes
         )
@@ -766,14 +769,14 @@ class DoorFlowSimulator(BaseSimulator):
         elif path == "/oauth/authorize":
             return self._authorize(request)
         elif path == "/oauth/token/info":
-            return self._token_info(request)
+            method, handler = "GET", self._token_info
         else:
             self._count("not_found")
             return self._error(404, "not_found", "The requested resource was not found")
         if request.method != method:
             return self._error(405, "method_not_allowed", f"Use {method}")
-        if handler == self._token:
-            return self._token(request)
+        if handler in (self._token, self._token_info):  # OAuth endpoints: no faults, own auth
+            return handler(request)
         return self._guarded(request, handler)
 
     def _guarded(self, request: Request, handler: Callable[[Request], Response]) -> Response:
@@ -796,7 +799,7 @@ class DoorFlowSimulator(BaseSimulator):
         credentials = credentials.strip()
         scheme = scheme.lower()
         if scheme == "bearer":
-            if hmac.compare_digest(credentials, self.token):
+            if _same(credentials, self.token):
                 return True
             with self._lock:
                 expiry = self._access_tokens.get(credentials)
@@ -806,7 +809,7 @@ class DoorFlowSimulator(BaseSimulator):
                 user = base64.b64decode(credentials, validate=True).decode().partition(":")[0]
             except ValueError:
                 return False
-            return hmac.compare_digest(user, self.api_key)
+            return _same(user, self.api_key)
         return False
 
     def _list(self, request: Request) -> Response:
@@ -1001,7 +1004,7 @@ class DoorFlowSimulator(BaseSimulator):
             if old not in self._refresh_tokens:
                 return self._invalid_grant()
             self._refresh_tokens.discard(old)
-            scope = self._scopes.pop(old, EVENTS_SCOPE)
+            scope = self._scopes.pop(old, self.oauth_scope)
             answer = self._issue(scope)
         self._count("token_refreshes")
         return answer
@@ -1096,7 +1099,7 @@ class DoorFlowSimulator(BaseSimulator):
         token = token.strip()
         with self._lock:
             expiry = self._access_tokens.get(token)
-            scope = self._scopes.get(token, EVENTS_SCOPE)
+            scope = self._scopes.get(token, self.oauth_scope)
         now = self._now()
         if scheme.lower() != "bearer" or expiry is None or now >= expiry:
             self._count("unauthorized")
@@ -1120,6 +1123,13 @@ class DoorFlowSimulator(BaseSimulator):
         if self.webhook_url and self.webhook_interval is not None:
             self.deliver_webhooks(resend_after=self.webhook_interval)
         return carry
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison that any header text can go through (not only ASCII)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def _hex(rng: random.Random, nbytes: int) -> str:

@@ -448,7 +448,9 @@ class IntServSimulator(BaseSimulator):
         if fault is not None:
             return fault
         scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip(), self.api_key):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            key.strip().encode("utf-8", "surrogateescape"), self.api_key.encode()
+        ):
             self._count("unauthorized")
             return self._error(401, "unauthorized", "Missing or invalid integration API key")
         try:

@@ -6,6 +6,7 @@ that owns the server thread, the real-time ticker, faults and counters.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import socket
 import socketserver
 import sys
@@ -227,6 +228,8 @@ class BaseSimulator:
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.date_skew = 0.0
+        """Seconds added to the ``Date`` header: a vendor whose clock is off."""
 
     # -- life cycle -------------------------------------------------------
 
@@ -321,7 +324,14 @@ class BaseSimulator:
 
     def _dispatch(self, request: Request) -> Response:
         self._count("requests")
-        return self._route(request)
+        response = self._route(request)
+        if response is DROP:
+            return response
+        # Real time, not the simulated clock: the header is what a client
+        # compares its own clock with (``syncd check``).
+        date = email.utils.formatdate(time.time() + self.date_skew, usegmt=True)
+        response.headers = (*response.headers, ("Date", date))
+        return response
 
     def _route(self, request: Request) -> Response:
         raise NotImplementedError

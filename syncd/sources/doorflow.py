@@ -84,6 +84,9 @@ log = structlog.get_logger(__name__)
 
 VENDOR = "doorflow"
 EVENTS_PATH = "/api/3/events"
+TOKEN_INFO_PATH = "/oauth/token/info"  # noqa: S105 (a path, not a secret)
+# The scope that reads events (FACTS.md), and its older name.
+EVENTS_SCOPES = frozenset({"account.event.access.readonly", "account.event.readonly"})
 GUIDE_MAX_PER_PAGE = 500
 DEFAULT_FIRST_PASS = timedelta(days=7)
 
@@ -631,6 +634,27 @@ class DoorFlowSource:
         if above_until is None or above_since is None:
             return None
         return max(0, above_since - above_until)
+
+    # -- preflight (``syncd check``) --
+
+    def probe(self, now: datetime) -> None:
+        """The smallest list request (one event, newest first): do the credentials work?"""
+        self._list(now - timedelta(days=1), page=1, size=1, sort="DESC")
+
+    def granted_scopes(self) -> list[str] | None:
+        """The OAuth grant's scopes (``GET /oauth/token/info``); None without OAuth."""
+        if self.config.oauth is None:
+            return None
+        _, body = send(
+            self.client,
+            lambda c: c.get(TOKEN_INFO_PATH),
+            policy=self.policy,
+            source=self.config.name,
+        )
+        scope = body.get("scope") if isinstance(body, dict) else None
+        if isinstance(scope, str):  # the token endpoint's space-separated form
+            return scope.split()
+        return [str(s) for s in scope] if isinstance(scope, list) else []
 
     # -- a pass --
 

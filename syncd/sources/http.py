@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
 import ssl
 import threading
 import time
@@ -140,13 +141,28 @@ def error_body(response: httpx.Response) -> Any:
         return None
 
 
+def vendor_message(body: dict[str, Any]) -> str:
+    """The vendor's own words from any documented error-body shape.
+
+    ``{error, error_description}`` (current), ``{error, description}`` (the
+    OpenAPI file's 429) and older pages' ``{type, message}``: the code first,
+    then the text.
+    """
+    parts: list[str] = []
+    for keys in (("error", "type"), ("error_description", "description", "message")):
+        value = next((body[k] for k in keys if isinstance(body.get(k), str) and body[k]), None)
+        if value is not None:
+            parts.append(" ".join(value.split())[:300])
+    return " - ".join(parts)
+
+
 def error_detail(response: httpx.Response) -> str:
     """A short, secret-free description of an error response."""
     detail = ""
     body = error_body(response)
     if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("error", "error_description", "message") if body.get(k)]
-        detail = ": " + " - ".join(parts) if parts else ""
+        detail = vendor_message(body)
+        detail = f": {detail}" if detail else ""
     request = response.request
     return f"HTTP {response.status_code} from {request.method} {request.url.path}{detail}"
 
@@ -313,7 +329,7 @@ def _attempt(
     try:
         response = request(client)
     except httpx.TimeoutException as exc:
-        raise RequestTimeout(f"request timed out: {type(exc).__name__}") from exc
+        raise RequestTimeout(describe_transport_error(exc)) from exc
     except httpx.TransportError as exc:
         problem = certificate_problem(exc)
         if problem is not None:
@@ -321,9 +337,82 @@ def _attempt(
                 f"certificate verify failed: {problem} ({_origin(exc)}); "
                 "if that certificate is right, trust its CA with ca_file"
             ) from exc
-        raise ConnectionDropped(f"connection failed: {type(exc).__name__}") from exc
+        raise ConnectionDropped(f"connection failed: {describe_transport_error(exc)}") from exc
     raise_for_status(response)
     return response, parse(response)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (httpx wraps httpcore's error, which wraps the OS's)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def describe_transport_error(exc: httpx.TransportError) -> str:  # noqa: PLR0911 (one per cause)
+    """What went wrong below HTTP, named by its cause, with the host and a hint.
+
+    One line for ``last_error`` and the CLI: DNS, refused, timeout, TLS, or
+    HTTP spoken to an HTTPS port (and the reverse), classified by the
+    exception types in the chain, never by the vendor's text.
+    """
+    origin = _origin(exc)
+    host = _host_port(exc)
+    chain = _chain(exc)
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return f"DNS: cannot resolve the host of {origin}: check the host name in base_url"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return (
+            f"refused: nothing accepts connections on {host}: check the port in base_url "
+            "and that the vendor (or your proxy) is up"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        phase = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+        return (
+            f"timeout: {phase} {origin} took longer than the timeout: check the host and port "
+            "in base_url, firewalls and proxies (or raise timeout)"
+        )
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls is not None:
+        if tls.reason in _NOT_TLS_REASONS:
+            return (
+                f"TLS: {host} does not speak HTTPS (HTTPS spoken to an HTTP port): "
+                f"use http:// in base_url, or the vendor's HTTPS port"
+            )
+        return f"TLS: the handshake with {origin} failed: {tls.reason or tls}"
+    if _scheme(exc) == "http" and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return (
+            f"{host} closed the connection without an HTTP answer: if that port speaks HTTPS "
+            "(HTTP spoken to an HTTPS port), use https:// in base_url"
+        )
+    detail = " ".join(str(exc).split())
+    return f"{type(exc).__name__} talking to {origin}" + (f": {detail}" if detail else "")
+
+
+# OpenSSL's reasons when the other side answers a ClientHello with something
+# that is not TLS (a plain-HTTP server's "400 Bad Request").
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
+)
+
+
+def _scheme(exc: httpx.TransportError) -> str:
+    try:
+        return exc.request.url.scheme
+    except RuntimeError:
+        return ""
+
+
+def _host_port(exc: httpx.TransportError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:
+        return "the vendor"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{url.host}:{port}"
 
 
 def certificate_problem(exc: BaseException) -> str | None:
@@ -356,6 +445,7 @@ __all__ = [
     "RetryHooks",
     "RetryPolicy",
     "certificate_problem",
+    "describe_transport_error",
     "error_body",
     "parse_json",
     "parse_page",
@@ -363,4 +453,5 @@ __all__ = [
     "retry_after_seconds",
     "retry_reason",
     "send",
+    "vendor_message",
 ]

@@ -505,6 +505,12 @@ class IntServSource:
             raise ContinuationRejected(f"continuation key failed: {exc}") from exc
         return read_list_response(page.body, screened=page.storable)
 
+    # -- preflight (``syncd check``) --
+
+    def probe(self, now: datetime) -> None:
+        """The smallest list request (``limit`` = page_size): does the API key work?"""
+        self._list(PassState(from_date=now - timedelta(days=1), scope=self.scope()))
+
     # -- a pass --
 
     listed_codes: frozenset[int] | None = None  # every type is listed

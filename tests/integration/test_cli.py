@@ -107,6 +107,9 @@ def test_status_shows_each_source(
 
 
 def test_status_on_an_unmigrated_database_says_what_to_do(tmp_path: Path) -> None:
+    # An existing database without the schema (a missing SQLite file is
+    # "nothing synced yet", exit 0: status creates no file).
+    (tmp_path / "empty.db").touch()
     result = syncd("--database-url", f"sqlite:///{tmp_path}/empty.db", "status")
     assert_one_clear_line(result, "syncd migrate")
 
@@ -121,7 +124,16 @@ def test_a_broken_config_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "syncd.toml"
     config.write_text('[[sources]]\nname = "hq"\nkind = "doorflow"\ninterval = -5\n')
     result = syncd("--config", str(config), "status")
-    assert_one_clear_line(result, "sources[hq]")
+    # Every problem at once (issue 22), each its own clear line.
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "syncd: sources[hq].base_url is required",
+        "syncd: sources[hq].interval must be a number of seconds > 0, got -5",
+        "syncd: sources[hq]: no credentials for doorflow: set one of: token_env/token_file "
+        "(bearer token); api_key_env/api_key_file; client_id_env + client_secret_env + "
+        "refresh_token_env (OAuth; or their _file forms)",
+    ]
 
 
 def test_an_unknown_source_name_is_one_line(tmp_path: Path) -> None:

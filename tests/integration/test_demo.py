@@ -191,9 +191,11 @@ def test_demo_defaults_to_sqlite_in_the_working_directory(tmp_path: Path) -> Non
     result, took = syncd_demo("--passes", "1", database_url=None, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert took < 60
-    assert (tmp_path / "syncd.db").is_file()
-    assert "Your data is in sqlite:///syncd.db" in result.stdout
-    assert 'sqlite3 syncd.db "SELECT category, count(*) FROM events' in result.stdout
+    # The demo's own database (DESIGN.md "Command line"), never a real one.
+    assert (tmp_path / "syncd-demo.db").is_file()
+    assert not (tmp_path / "syncd.db").exists()
+    assert "Your data is in sqlite:///syncd-demo.db" in result.stdout
+    assert 'sqlite3 syncd-demo.db "SELECT category, count(*) FROM events' in result.stdout
 
 
 def test_demo_on_postgres_names_psql_without_the_driver(pg_url: str, tmp_path: Path) -> None:

@@ -852,10 +852,7 @@ def test_start_keeps_instant_not_wall_clock(tmp_path: Path) -> None:
     assert start == datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=-5)))
 
 
-@pytest.mark.parametrize(
-    "value",
-    ["2024-01-01T00:00:00", "2024-01-01", Raw("2024-01-01T00:00:00"), Raw("2024-01-01")],
-)
+@pytest.mark.parametrize("value", ["2024-01-01T00:00:00", Raw("2024-01-01T00:00:00")])
 def test_naive_start_rejected(tmp_path: Path, value: object) -> None:
     message = error(tmp_path, source(start=value))
     assert message.startswith("sources[hq].start")
