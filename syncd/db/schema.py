@@ -106,6 +106,10 @@ sync_state = sa.Table(
     sa.Column("reconciled_at", UTCDateTime()),
     # sha256 of the configured refresh token the stored one was rotated from
     sa.Column("refresh_token_origin", sa.Text()),
+    # migration 0010: `syncd pause` (who: user@host); NULL paused_at = running
+    sa.Column("paused_at", UTCDateTime()),
+    sa.Column("paused_reason", sa.Text()),
+    sa.Column("paused_by", sa.Text()),
 )
 
 rejected_events = sa.Table(
