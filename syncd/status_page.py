@@ -95,7 +95,8 @@ def chart(counts: tuple[int, ...], hours: tuple[datetime, ...]) -> str:
     total = sum(counts)
     bars = []
     for i, (count, hour) in enumerate(zip(counts, hours, strict=True)):
-        height = 0.0 if peak == 0 else max(1.0, (CHART_H - 2) * count / peak)
+        # A quiet hour stays visible as at least 1 unit; an empty one is flat.
+        height = 0.0 if count == 0 else max(1.0, (CHART_H - 2) * count / peak)
         bars.append(
             f'<rect x="{i * BAR_W + 1}" y="{CHART_H - 1 - height:.1f}" width="{BAR_W - 2}" '
             f'height="{height:.1f}"><title>{hour:%H:00} UTC: {count} events</title></rect>'

@@ -95,12 +95,15 @@ def source_state(
 
 def _hour_number(dialect: str) -> sa.ColumnElement[Any]:
     """``occurred_at`` as whole hours since the Unix epoch (UTC, whatever the session)."""
+    # Constants are literals, not parameters: SELECT and GROUP BY must be the
+    # same expression to the database.
+    hour: sa.ColumnElement[Any] = sa.literal_column("3600")
     if dialect == "postgresql":
         epoch = sa.extract("epoch", events.c.occurred_at)
-        return sa.cast(sa.func.floor(epoch / 3600), sa.BigInteger)
+        return sa.cast(sa.func.floor(epoch.op("/")(hour)), sa.BigInteger)
     # SQLite keeps UTC text; strftime('%s') is its Unix time, '/' on integers divides.
-    seconds = sa.cast(sa.func.strftime("%s", events.c.occurred_at), sa.Integer)
-    return seconds.op("/")(3600)
+    seconds = sa.cast(sa.func.strftime(sa.literal_column("'%s'"), events.c.occurred_at), sa.Integer)
+    return seconds.op("/")(hour)
 
 
 def hourly_query(dialect: str, since: datetime, until: datetime) -> sa.Select[Any]:
@@ -140,9 +143,8 @@ def load_overview(
                 )
             )
         }
-        kinds: dict[str, str | None] = dict(
-            conn.execute(sa.select(sources.c.source, sources.c.kind)).tuples().all()
-        )
+        kind_rows = conn.execute(sa.select(sources.c.source, sources.c.kind))
+        kinds: dict[str, str | None] = {source: kind for source, kind in kind_rows}  # noqa: C416
         totals = {
             source: (int(count), _aggregate_time(newest))
             for source, count, newest in conn.execute(
