@@ -35,8 +35,9 @@ table{width:100%;border-collapse:collapse}
 th,td{text-align:left;vertical-align:top;padding:8px 10px;border-bottom:1px solid var(--line)}
 th{font-size:12px;color:var(--muted);font-weight:600;white-space:nowrap}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
-.name{font-weight:600;overflow-wrap:anywhere}
+.name{font-weight:600;overflow-wrap:break-word;word-break:normal}
 .kind,.note,.when{color:var(--muted);font-size:12px}
+td .kind{display:block}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;
 font-weight:600;white-space:nowrap}
 .state-ok .badge{background:var(--ok)}
@@ -53,7 +54,8 @@ svg.chart line{stroke:var(--line)}
  thead{display:none}
  table,tbody,tr,td{display:block;width:100%}
  tr{border:1px solid var(--line);border-radius:6px;margin:0 0 12px;padding:4px 0}
- td{border:0;padding:4px 12px;display:flex;gap:12px;justify-content:space-between}
+ td{border:0;padding:4px 12px;display:flex;gap:12px;justify-content:flex-start}
+ td .kind{display:inline;margin-left:6px}
  td.num{text-align:left}
  td::before{content:attr(data-label);color:var(--muted);font-size:12px;flex:0 0 96px}
  td>div,td>span.cell{flex:1 1 auto;min-width:0}
@@ -203,6 +205,7 @@ def render(overview: Overview) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'  # no /favicon.ico request
         f'<meta http-equiv="refresh" content="{REFRESH_S}">'
         f"<title>syncd status</title><style>{CSS}</style></head><body>"
         f'<header><h1>syncd status</h1><p class="summary">{len(overview.sources)} sources'
