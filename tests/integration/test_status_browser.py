@@ -198,6 +198,9 @@ def test_the_status_page_in_chromium(
                 shot = page.screenshot(artifacts() / f"status-page-{width}.png")
                 (artifacts() / f"status-page-{width}.html").write_text(html)
                 shots.append(shot)
+            (artifacts() / "api-v1-sources-hq.json").write_bytes(
+                http(daemon.url + "/api/v1/sources/hq")[1]
+            )
             print("\nstatus page screenshots:", *shots)
             assert all(s.stat().st_size > 10_000 for s in shots)
             assert daemon.stop() == 0
