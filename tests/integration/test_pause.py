@@ -175,3 +175,28 @@ def test_a_source_only_the_database_knows_can_be_paused(backend_url: str, tmp_pa
     base = ("--config", str(config), "--database-url", backend_url)
     result = syncd(*base, "pause", "elsewhere")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_pause_stops_a_running_backfill_at_the_next_window(store: Store) -> None:
+    from syncd.backfill import run_backfill
+
+    with DoorFlowSimulator(seed=7, history=120, history_days=4) as sim:
+        config = SourceConfig(
+            name="hq", kind="doorflow", base_url=sim.base_url, token=Secret(sim.token)
+        )
+        until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        since = until - timedelta(days=4)
+
+        def pause_after_the_first(_done: object) -> None:
+            pauses.pause(store, "hq", reason="quiet", by="t@h", now=NOW)
+
+        first = run_backfill(
+            store, config, since, until, timedelta(days=1), on_window=pause_after_the_first
+        )
+        assert first.stopped
+        assert not first.complete
+        requests = sim.stats.get("requests", 0)
+        pauses.resume(store, "hq", NOW)
+        second = run_backfill(store, config, since, until, timedelta(days=1))
+        assert second.complete
+        assert sim.stats.get("requests", 0) > requests
