@@ -16,6 +16,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from types import FrameType
 
@@ -97,6 +98,7 @@ class Daemon:
             status=StatusRoutes(self._overview),
         )
         self.server = make_server(App(routes), host, port, threads=HTTP_THREADS)
+        self._gate = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-webhook-gate")
         self._serving: threading.Thread | None = None
 
     @property
@@ -129,6 +131,7 @@ class Daemon:
         """The contract's stop; True when every pass ended within ``grace``."""
         log.info("daemon_stopping", running_passes=self.passes.busy())
         clean = self.passes.stop(grace)
+        self._gate.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
         self.server.stop()
         if self._serving is not None:
@@ -155,6 +158,14 @@ class Daemon:
         return load_overview(self.engine, utcnow(), kinds)
 
     def _on_webhook(self, source: str, answer: Answer) -> None:
+        # The pause is read off the HTTP thread: a slow database never delays
+        # the vendor's 200.
+        try:
+            self._gate.submit(self._fetch_unless_paused, source, answer)
+        except RuntimeError:  # stopping: the next poll (of the next start) catches up
+            log.info("webhook_not_fetched", source=source, reason="stopping")
+
+    def _fetch_unless_paused(self, source: str, answer: Answer) -> None:
         if self._paused(source):
             # Answered 200 already; the first pass after `syncd resume` reads
             # these events from the stored cursor (webhook-only codes excepted).
