@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from syncd.api import source_json
 from syncd.db.overview import BackfillProgress, Overview, SourceOverview, hour_starts, source_state
-from syncd.status_page import ago, chart, render
+from syncd.status_page import ago, bar_heights, chart, render
 
 NOW = datetime(2026, 12, 7, 12, 30, 15, tzinfo=UTC)
 EVIL = "<script>alert('x')</script>&\""
@@ -93,7 +93,7 @@ def test_the_page_has_a_row_a_state_and_a_chart_per_source() -> None:
     assert 'data-state="never_run"' in page
     assert ">never run<" in page
     assert page.count("<svg") == 2
-    assert page.count("<rect") == 48  # one bar (and its title) per hour
+    assert page.count("<path") == 2  # the bars of each chart, one path
     assert "Backfills in progress" in page
     assert "38%" in page  # 3 of 8 windows
     assert "http://" not in page
@@ -102,12 +102,13 @@ def test_the_page_has_a_row_a_state_and_a_chart_per_source() -> None:
 
 def test_chart_scales_to_the_busiest_hour() -> None:
     hours = hour_starts(NOW)
+    assert bar_heights((0,) * 22 + (1, 10)) == [0.0] * 22 + [3.4, 34.0]
+    assert bar_heights((0, 1000, 1)) == [0.0, 34.0, 1.0]  # a quiet hour still shows
     svg = chart((0,) * 23 + (10,), hours)
-    heights = [float(h) for h in re.findall(r'height="([\d.]+)"><title>', svg)]
-    assert heights[-1] == 34.0
-    assert heights[:-1] == [0.0] * 23
+    (path,) = re.findall(r'<path d="([^"]*)"', svg)
+    assert path == "M231 1.0h8V35h-8Z"  # one bar, the last hour, full height
     assert "10 in all" in svg
-    assert "12:00 UTC: 10 events" in svg
+    assert "oldest first: " + "0 " * 23 + "10" in svg
 
 
 def test_ago() -> None:
