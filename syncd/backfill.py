@@ -308,12 +308,24 @@ def _locked(
         for row in todo:
             if stop is not None and stop.is_set():
                 return _finished(report, started, stopped=True)
+            if _paused_now(store, name):  # `syncd pause` from anywhere: stop, resumable
+                return _finished(report, started, stopped=True)
             report, stopped = _load_window(store, runtime, row, report, clock, stop, on_page)
             if stopped:
                 return _finished(report, started, stopped=True)
             if on_window is not None:
                 on_window(WindowDone(row.start, row.end, report.events, reused=False))
     return _finished(report, started)
+
+
+def _paused_now(store: Store, source: str) -> bool:
+    """Read before each window: a pause set while a backfill runs stops it there."""
+    from syncd.db.pauses import paused
+
+    if paused(store, source) is None:
+        return False
+    log.info("backfill_paused", source=source)
+    return True
 
 
 def _check_same_plan(rows: list[WindowRow], step: timedelta) -> None:

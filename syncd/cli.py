@@ -215,7 +215,9 @@ def _sync_each(store: Store, sources: Sequence[SourceConfig]) -> int:
     failed = 0
     for source in sources:
         result = _guarded_pass(store, source, run_pass)
-        if result.skipped:
+        if result.paused:
+            click.echo(f"{source.name}: paused (`syncd resume {source.name}` to sync it again)")
+        elif result.skipped:
             click.echo(f"{source.name}: skipped, another syncd is syncing it")
         elif result.ok:
             w = result.written
@@ -296,6 +298,7 @@ def reconcile(ctx: Context, name: str, since: str | None, until: str | None, as_
     if since_at >= until_at:
         raise SyncdError("--since must be before --until (or now)")
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    _refuse_paused(store, name, "reconcile")
     try:
         report = run_reconcile(store, config, since=since_at, until=until_at)
     except SyncdError as exc:
@@ -366,6 +369,7 @@ def backfill(ctx: Context, name: str, since: str, until: str | None, window: str
     if until_given is not None:
         windows(since_at, until_given, step)  # a bad range is one line before any I/O
     store = Store(_ready_engine(ctx, migrate_if_empty=True))
+    _refuse_paused(store, name, "backfill")
     until_at = resolve_until(store, name, since_at, until_given, utcnow())
     windows(since_at, until_at, step)
     resume = _resume_command(ctx, name, since_at, until_at, window)
@@ -595,7 +599,7 @@ def check(ctx: Context, names: Sequence[str], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
-    """Per source: cursor, last success, last error, lag, row count."""
+    """Per source: cursor, last success, last error, lag, row count, paused."""
     from syncd.db.backfills import summaries
 
     store = _existing_store(ctx)  # read-only: never creates the database
@@ -625,6 +629,9 @@ def status(ctx: Context, as_json: bool) -> None:
                 "consecutive_failures": state.consecutive_failures if state else 0,
                 "reconciled_at": _iso(state.reconciled_at) if state else None,
                 "cursor": _readable_cursor(state.cursor) if state else {},
+                "paused_at": _iso(state.paused_at) if state else None,
+                "paused_by": state.paused_by if state else None,
+                "paused_reason": state.paused_reason if state else None,
             }
         )
     if as_json:
@@ -632,6 +639,7 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     _print_status(rows)
+    _print_paused(rows)
     _print_backfills(loads)
     if store is None:
         click.echo("no database file yet: the first `syncd sync` (or `syncd migrate`) creates it")
@@ -909,6 +917,109 @@ def auth_doorflow(ctx: Context, name: str, port: int, no_browser: bool) -> None:
     click.echo(
         f"{name}: authorized; the refresh token is stored in the database "
         f"(refresh_token_env is not needed). Next: syncd sync --source {name}"
+    )
+
+
+# -- pause / resume ------------------------------------------------------------------
+
+
+def _refuse_paused(store: Store, name: str, what: str) -> None:
+    """One line and exit 1 when ``name`` is paused: nothing may call its vendor."""
+    from syncd.db.pauses import paused
+
+    held = paused(store, name)
+    if held is not None:
+        raise SyncdError(
+            f"{name} is paused{_pause_note(held.by, held.reason)}: "
+            f"`syncd resume {name}` first, then run the {what} again"
+        )
+
+
+def _pause_note(by: str | None, reason: str | None) -> str:
+    return (f" by {by}" if by else "") + (f" ({reason})" if reason else "")
+
+
+def _print_paused(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        if row.get("paused_at"):
+            click.echo(
+                f"{row['source']} paused since {row['paused_at'][:19].replace('T', ' ')}"
+                f"{_pause_note(row['paused_by'], row['paused_reason'])}"
+            )
+
+
+def _checked_schema(engine: sa.Engine) -> sa.Engine:
+    """``engine`` when its schema is at head; else one line that says to migrate."""
+    from syncd.db import migrate as migrations
+
+    current = migrations.current_revision(engine)
+    migrations.check_known(current)
+    if current != migrations.head_revision():
+        state = "has no syncd schema" if current is None else f"is at revision {current}"
+        raise DatabaseUnavailable(f"the database {state}: run `syncd migrate` first")
+    return engine
+
+
+def _pause_store(ctx: Context, name: str) -> Store:
+    """The store, for a source that is configured or has a row in the database (else
+    one line, exit 1); reads no secret (pause and resume need none)."""
+    from syncd.config import load_database_and_names, unknown_source
+    from syncd.db.engine import check_connection, create_engine
+    from syncd.db.pauses import known_sources
+    from syncd.db.store import Store
+
+    url, configured = load_database_and_names(ctx.config_path, ctx.database_url)
+    engine = create_engine(url)
+    check_connection(engine)
+    store = Store(_checked_schema(engine))
+    if name not in configured and name not in known_sources(store):
+        raise unknown_source(name, configured)
+    return store
+
+
+def _operator() -> str:
+    """Who pauses: user@host, for `syncd status` and the status page."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@cli.command()
+@click.argument("name", metavar="SOURCE")
+@click.option("--reason", metavar="TEXT", help="Why, for `syncd status` and the status page.")
+@pass_context
+def pause(ctx: Context, name: str, reason: str | None) -> None:
+    """Stop calling a source's vendor, in every process on the database, until resumed."""
+    from syncd.db.pauses import pause as pause_source
+
+    store = _pause_store(ctx, name)
+    held = pause_source(store, name, reason=reason, by=_operator(), now=datetime.now(UTC))
+    click.echo(
+        f"{name}: paused since {_iso(held.at)}{_pause_note(held.by, held.reason)}; "
+        "every syncd on this database stops calling its vendor within one interval"
+    )
+
+
+@cli.command()
+@click.argument("name", metavar="SOURCE")
+@pass_context
+def resume(ctx: Context, name: str) -> None:
+    """Call a paused source's vendor again; its next pass reads on from the stored cursor."""
+    from syncd.db.pauses import resume as resume_source
+
+    store = _pause_store(ctx, name)
+    was = resume_source(store, name, datetime.now(UTC))
+    if was is None:
+        click.echo(f"{name}: not paused, nothing to do")
+        return
+    click.echo(
+        f"{name}: resumed (paused since {_iso(was.at)}{_pause_note(was.by, was.reason)}); "
+        "its next pass catches up from the stored cursor"
     )
 
 

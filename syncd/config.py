@@ -180,9 +180,7 @@ class Settings:
         for src in self.sources:
             if src.name == name:
                 return src
-        configured = ", ".join(s.name for s in self.sources) or "none"
-        hint = _did_you_mean(name, (s.name for s in self.sources))
-        raise ConfigError(f"unknown source {name!r} (configured: {configured}){hint}")
+        raise unknown_source(name, (s.name for s in self.sources))
 
 
 # --------------------------------------------------------------------------- kinds
@@ -294,27 +292,10 @@ def load_settings(
     problems = _Problems()
     with problems.collect():
         _check_keys(data, _TOP_KEYS, "")
-    file_url = data.get("database_url")
-    if file_url is not None and not isinstance(file_url, str):
-        problems.add(
-            f"database_url must be a string such as {DEFAULT_DATABASE_URL!r}, "
-            f"got {_type_name(file_url)}"
-        )
-        file_url = None
-
-    if database_url is not None:
-        url, origin = database_url, "--database-url"
-    elif env.get(ENV_DATABASE_URL):
-        url, origin = env[ENV_DATABASE_URL], ENV_DATABASE_URL
-    elif file_url is not None:
-        url, origin = file_url, "database_url"
-    else:
-        url, origin = DEFAULT_DATABASE_URL, "database_url"
-
     secret_dir = path.parent if path is not None else base_dir
     database = DEFAULT_DATABASE_URL
     with problems.collect():
-        database = _normalize_database_url(url, origin)
+        database = _database_url(data, database_url, env)
     daemon = DaemonConfig()
     with problems.collect():
         daemon = _parse_daemon(data.get("daemon"))
@@ -353,6 +334,56 @@ class _Problems:
     def raise_any(self) -> None:
         if self.messages:
             raise ConfigError.of(self.messages)
+
+
+def load_database_and_names(
+    config_path: str | Path | None = None,
+    database_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[str, tuple[str, ...]]:
+    """The database URL and the configured source names, reading no secret.
+
+    For the commands that need none (``pause``, ``resume``): the sources'
+    other keys are checked by the commands that use them.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    path = _resolve_config_path(config_path, env, Path.cwd() if cwd is None else Path(cwd))
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    _check_keys(data, _TOP_KEYS, "")
+    tables = data.get("sources")
+    names = tuple(
+        t["name"]
+        for t in (tables if isinstance(tables, list) else [])
+        if isinstance(t, dict) and isinstance(t.get("name"), str)
+    )
+    return _database_url(data, database_url, env), names
+
+
+def unknown_source(name: str, configured: Iterable[str]) -> ConfigError:
+    """The one line for a source name that is not configured."""
+    names = list(configured)
+    hint = _did_you_mean(name, names)
+    return ConfigError(f"unknown source {name!r} (configured: {', '.join(names) or 'none'}){hint}")
+
+
+def _database_url(data: Mapping[str, Any], database_url: str | None, env: Mapping[str, str]) -> str:
+    """--database-url, else $SYNCD_DATABASE_URL, else the file's, else the default."""
+    file_url = data.get("database_url")
+    if file_url is not None and not isinstance(file_url, str):
+        raise ConfigError(
+            f"database_url must be a string such as {DEFAULT_DATABASE_URL!r}, "
+            f"got {_type_name(file_url)}"
+        )
+    if database_url is not None:
+        url, origin = database_url, "--database-url"
+    elif env.get(ENV_DATABASE_URL):
+        url, origin = env[ENV_DATABASE_URL], ENV_DATABASE_URL
+    elif file_url is not None:
+        url, origin = file_url, "database_url"
+    else:
+        url, origin = DEFAULT_DATABASE_URL, "database_url"
+    return _normalize_database_url(url, origin)
 
 
 def normalize_database_url(url: str) -> str:

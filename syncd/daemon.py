@@ -16,6 +16,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from types import FrameType
 
@@ -23,9 +24,11 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import __version__
+from syncd.api import StatusRoutes
 from syncd.config import Settings
 from syncd.db import migrate as migrations
 from syncd.db.engine import first_line
+from syncd.db.overview import Overview, load_overview
 from syncd.db.store import Store
 from syncd.engine import utcnow
 from syncd.errors import SyncdError
@@ -92,8 +95,10 @@ class Daemon:
             is_source=names.__contains__,
             on_webhook=self._on_webhook,
             metrics=self.metrics,
+            status=StatusRoutes(self._overview),
         )
         self.server = make_server(App(routes), host, port, threads=HTTP_THREADS)
+        self._gate = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-webhook-gate")
         self._serving: threading.Thread | None = None
 
     @property
@@ -126,6 +131,7 @@ class Daemon:
         """The contract's stop; True when every pass ended within ``grace``."""
         log.info("daemon_stopping", running_passes=self.passes.busy())
         clean = self.passes.stop(grace)
+        self._gate.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
         self.server.stop()
         if self._serving is not None:
@@ -146,8 +152,46 @@ class Daemon:
             return f"schema at revision {current or 'none'}, expected {self.head}"
         return None
 
+    def _overview(self) -> Overview:
+        """What GET / and /api/v1/sources show: every source of the database."""
+        kinds = {s.name: s.kind for s in self.settings.sources}
+        return load_overview(self.engine, utcnow(), kinds)
+
     def _on_webhook(self, source: str, answer: Answer) -> None:
+        # The pause is read off the HTTP thread: a slow database never delays
+        # the vendor's 200.
+        try:
+            self._gate.submit(self._fetch_unless_paused, source, answer)
+        except RuntimeError:  # stopping: the next poll (of the next start) catches up
+            log.info("webhook_not_fetched", source=source, reason="stopping")
+
+    def _fetch_unless_paused(self, source: str, answer: Answer) -> None:
+        if self._paused(source):
+            # Answered 200 already; the first pass after `syncd resume` reads
+            # these events from the stored cursor (webhook-only codes excepted).
+            self.metrics.webhook_notifications.labels(source, "paused").inc(
+                len(answer.notifications)
+            )
+            log.info(
+                "webhook_deferred",
+                source=source,
+                reason="paused",
+                notifications=len(answer.notifications),
+            )
+            return
         self.fetcher.submit(source, answer.notifications)
+
+    def _paused(self, source: str) -> bool:
+        """Read per webhook (a primary-key lookup): a pause set by any process counts.
+        A database that does not answer: fetch as before (the store retries or
+        the next poll catches up), never a 5xx to the vendor."""
+        from syncd.db.pauses import paused
+
+        try:
+            return paused(self.store, source) is not None
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("pause_not_read", source=source, error=first_line(exc))
+            return False
 
 
 def _raise_open_files_limit(wanted: int = 65536) -> None:

@@ -73,6 +73,8 @@ class PassResult:
     reconciled: ReconcileReport | None = None
     retry_after: float | None = None
     """A pass that failed on a 429: the wait the vendor asked for (its last word)."""
+    paused: bool = False
+    """Not run because the source is paused (``syncd pause``); ``skipped`` too."""
 
 
 def make_client(
@@ -325,11 +327,24 @@ def run_pass(
     (``sync_state.last_error``) and returned, so one source never stops
     another.
     """
+    if _is_paused(store, config.name):
+        return PassResult(config.name, ok=True, skipped=True, kind=config.kind, paused=True)
     with store.source_lock(config.name) as acquired:
         if not acquired:
             log.info("pass_skipped", source=config.name, reason="locked by another process")
             return PassResult(config.name, ok=True, skipped=True, kind=config.kind)
         return _locked_pass(store, config, clock, transport, stop, runtime)
+
+
+def _is_paused(store: Store, source: str) -> bool:
+    """Read before the lock, by every process each round: a pause set anywhere
+    stops this source's vendor calls within one interval (no lock, no request)."""
+    from syncd.db.pauses import paused
+
+    if paused(store, source) is None:
+        return False
+    log.info("pass_skipped", source=source, reason="paused")
+    return True
 
 
 def _locked_pass(

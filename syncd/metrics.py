@@ -88,6 +88,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.source_paused = Gauge(
+            "syncd_source_paused",
+            "1 while the source is paused (syncd pause), else 0; as this process last saw it.",
+            ["source"],
+            registry=r,
+        )
         self.webhook_requests = Counter(
             "syncd_webhook_requests",
             "Webhook requests by HTTP status answered.",
@@ -117,7 +123,7 @@ class Metrics:
         self.webhook_notifications = Counter(
             "syncd_webhook_notifications",
             "Webhook notifications by outcome (fetched, acknowledged, already_queued, ignored, "
-            "not_an_event_change, abandoned, unacknowledged).",
+            "not_an_event_change, abandoned, unacknowledged, paused).",
             ["source", "outcome"],
             registry=r,
         )
@@ -135,6 +141,7 @@ class Metrics:
         self.last_success.labels(name)
         self.newest_event.labels(name)
         self.consecutive_failures.labels(name)
+        self.source_paused.labels(name)
         if webhooks:
             self.webhook_requests.labels(name, "200")
             self.webhook_dropped.labels(name)
@@ -147,6 +154,8 @@ class Metrics:
         outcome = "skipped" if result.skipped else "ok" if result.ok else "failed"
         self.passes.labels(source, outcome).inc()
         self.consecutive_failures.labels(source).set(failures)
+        # Every pass reads the pause first (engine.run_pass): each result says it.
+        self.source_paused.labels(source).set(1 if result.paused else 0)
         if result.skipped:
             return
         self.pass_duration.labels(result.kind).observe(result.duration_s)
@@ -183,6 +192,9 @@ class Metrics:
         if last_success is not None:
             self.last_success.labels(source).set(last_success.timestamp())
         self.consecutive_failures.labels(source).set(failures)
+
+    def set_paused(self, source: str, paused: bool) -> None:
+        self.source_paused.labels(source).set(1 if paused else 0)
 
     def wsgi_app(self) -> Callable[..., Iterable[bytes]]:
         app: Callable[..., Iterable[bytes]] = prometheus_client.make_wsgi_app(self.registry)

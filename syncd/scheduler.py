@@ -220,6 +220,7 @@ class PassScheduler:
         for name, state in states.items():
             if name in self._slots:
                 self.metrics.set_state(name, state.last_success_at, state.consecutive_failures)
+                self.metrics.set_paused(name, state.paused_at is not None)
 
     # -- what the HTTP side borrows --------------------------------------------------
 

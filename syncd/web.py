@@ -1,4 +1,4 @@
-"""The daemon's HTTP side: a WSGI app (health, readiness, metrics, webhooks) on cheroot.
+"""The daemon's HTTP side: a WSGI app (health, readiness, metrics, webhooks, status) on cheroot.
 
 cheroot is a pure-Python, thread-pooled WSGI server that can be stopped
 programmatically (``stop()``, which SIGTERM handling needs) and bounds
@@ -21,6 +21,7 @@ import orjson
 import structlog
 from cheroot import wsgi
 
+from syncd.api import SOURCES_PATH, StatusRoutes
 from syncd.metrics import UNKNOWN_SOURCE, Metrics
 from syncd.webhooks import MAX_BODY, Answer, answer
 
@@ -54,6 +55,7 @@ class Routes:
     is_source: Callable[[str], bool]
     on_webhook: Callable[[str, Answer], None]  # after a 200, for the background fetch
     metrics: Metrics
+    status: StatusRoutes | None = None  # GET /, /api/v1/sources[/{source}] (syncd.api)
 
 
 def _json(start: StartResponse, status: int, body: Mapping[str, Any], *extra: Any) -> list[bytes]:
@@ -74,6 +76,9 @@ class App:
             "/readyz": self._readyz,
             "/metrics": routes.metrics.wsgi_app(),
         }
+        if routes.status is not None:
+            self._gets["/"] = routes.status.page
+            self._gets[SOURCES_PATH] = routes.status.sources
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
@@ -97,6 +102,10 @@ class App:
         method = environ.get("REQUEST_METHOD", "GET")
         if path.startswith(WEBHOOK_PREFIX):
             return self._webhook(environ, start, path[len(WEBHOOK_PREFIX) :], method)
+        if self.routes.status is not None and path.startswith(SOURCES_PATH + "/"):
+            if method != "GET":
+                return _json(start, 405, {"error": "method_not_allowed"}, ("Allow", "GET, HEAD"))
+            return self.routes.status.source(path[len(SOURCES_PATH) + 1 :], start)
         route = self._gets.get(path)
         if route is None:
             return _json(start, 404, {"error": "not_found"})

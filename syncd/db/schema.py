@@ -109,6 +109,10 @@ sync_state = sa.Table(
     # migration 0007: the access token the last refresh obtained (any process's)
     sa.Column("access_token", sa.Text()),
     sa.Column("access_token_expires_at", UTCDateTime()),
+    # migration 0010: `syncd pause` (who: user@host); NULL paused_at = running
+    sa.Column("paused_at", UTCDateTime()),
+    sa.Column("paused_reason", sa.Text()),
+    sa.Column("paused_by", sa.Text()),
 )
 
 rejected_events = sa.Table(

@@ -152,6 +152,9 @@ class SourceState:
     refresh_token: str | None = None
     reconciled_at: datetime | None = None
     refresh_token_origin: str | None = None  # sha256 of the configured token it descends from
+    paused_at: datetime | None = None  # `syncd pause` (syncd.db.pauses)
+    paused_reason: str | None = None
+    paused_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +827,9 @@ def _state(row: sa.Row[Any]) -> SourceState:
         refresh_token=row.refresh_token,
         reconciled_at=row.reconciled_at,
         refresh_token_origin=row.refresh_token_origin,
+        paused_at=row.paused_at,
+        paused_reason=row.paused_reason,
+        paused_by=row.paused_by,
     )
 
 

@@ -140,7 +140,23 @@ def test_the_dashboard_uses_only_the_provisioned_datasource_and_its_variable() -
         ("SyncdEventLagHigh", "syncd_newest_event_timestamp_seconds"),
         ("SyncdRejectedRecordsRising", "syncd_events_rejected_total"),
         ("SyncdMetricsAbsent", 'absent(up{job="syncd"}'),
+        ("SyncdSourcePausedLong", "syncd_source_paused"),
     ],
 )
 def test_each_required_alert_exists(alert: str, wants: str) -> None:
     assert wants in dict(alert_expressions())[alert]
+
+
+@pytest.mark.parametrize(
+    "alert", ["SyncdSourceNotSucceeding", "SyncdSourceFailingRepeatedly", "SyncdEventLagHigh"]
+)
+def test_a_paused_source_does_not_fire(alert: str) -> None:
+    assert "unless on (source)" in dict(alert_expressions())[alert]
+    assert "syncd_source_paused" in dict(alert_expressions())[alert]
+
+
+def test_the_dashboard_shows_paused_sources() -> None:
+    titles = dict(dashboard_expressions())
+    assert "syncd_source_paused" in titles["Paused sources"]
+    # A paused source is not counted as "not succeeding" there either.
+    assert "unless on (source)" in titles["Seconds since last successful pass"]

@@ -132,7 +132,8 @@ def test_a_broken_config_is_one_line(tmp_path: Path) -> None:
         "syncd: sources[hq].interval must be a number of seconds > 0, got -5",
         "syncd: sources[hq]: no credentials for doorflow: set one of: token_env/token_file "
         "(bearer token); api_key_env/api_key_file; client_id_env + client_secret_env + "
-        "refresh_token_env (OAuth; or their _file forms)",
+        "refresh_token_env (OAuth; or their _file forms; refresh_token_env may be left out "
+        "once `syncd auth doorflow` stored a token)",
     ]
 
 

@@ -28,7 +28,7 @@ from syncd.sources.http import RETRY_REASONS
 from syncd.web import App, Routes, make_server
 
 FIXED_SERIES = 40  # histogram buckets per kind and the like, independent of sources
-SERIES_PER_SOURCE = 17  # 16 before syncd_webhook_dropped_total (one per webhook source)
+SERIES_PER_SOURCE = 18  # 16, syncd_webhook_dropped_total (webhook sources), syncd_source_paused
 
 
 def test_backoff_grows_then_caps_at_five_intervals_and_300_s() -> None:
