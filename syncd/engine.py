@@ -42,6 +42,7 @@ from syncd.errors import RateLimited, SourceError, WaitInterrupted
 from syncd.prefetch import prefetched_batches
 from syncd.sources import source_class
 from syncd.sources.base import Page, Source, SourceContext
+from syncd.sources.deadline import deadline_hooks
 from syncd.sources.http import RetryHooks
 
 if TYPE_CHECKING:
@@ -84,14 +85,19 @@ def make_client(
     Certificates are verified against httpx's default trust store, or the
     source's ``ca_file`` (:meth:`SourceConfig.tls_verify`); a ``transport``
     given brings its own verification (the daemon's, built the same way).
+    ``timeout`` bounds each request as a whole, connect to last body byte
+    (:mod:`syncd.sources.deadline`), not each read.
     """
+    hooks = deadline_hooks(config.timeout)
+    for key, value in (event_hooks or {}).items():
+        hooks.setdefault(key, []).extend(value)
     return httpx.Client(
         base_url=config.base_url,
         verify=config.tls_verify() if transport is None else True,
         timeout=httpx.Timeout(config.timeout),
         headers={"User-Agent": f"syncd/{__version__}", "Accept": "application/json"},
         transport=transport,
-        event_hooks={key: list(value) for key, value in (event_hooks or {}).items()},
+        event_hooks=hooks,
     )
 
 
