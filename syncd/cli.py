@@ -519,7 +519,6 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
         # writes'); webhook writes, readiness and gauges need a few more.
         options["pool_size"] = 2 * settings.daemon.workers + 4
         options["max_overflow"] = 4
-        options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **options)
     check_connection(engine)
     _lock = _daemon_lock(engine)  # held until the process exits

@@ -7,6 +7,9 @@
 - Ctrl-C during a 429 wait (the vendor asks for a minute): ``syncd sync`` and
   ``syncd backfill`` end within a second or two, without a traceback; a
   second Ctrl-C ends them at once; a backfill always says how to resume.
+- PostgreSQL behind a proxy that stops forwarding (a partition): ``/readyz``
+  answers 503 within 2 s however many probes wait, ``/healthz`` answers 200 at
+  once, and SIGTERM ends ``syncd run`` with 0 within 10 s.
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from syncd.db.engine import create_engine
 from syncd.db.schema import events
@@ -242,3 +249,113 @@ def test_ctrl_c_ends_backfill_during_a_429_wait(pg_url: str, tmp_path: Path, tim
         "--until 2026-11-03T00:00:00Z --window 1d"
     ).format(tmp_path / "syncd.toml")
     assert resume in stderr, stderr
+
+
+# -- a database that stops answering -------------------------------------------------
+
+
+class PartitionProxy:
+    """A TCP proxy to PostgreSQL that can stop forwarding: a network partition.
+
+    Partitioned, it still accepts connections and reads what either side
+    sends, and forwards nothing: to syncd the database neither answers nor
+    refuses (TCP keepalives are answered by the proxy's kernel, so only
+    syncd's own bounds help).
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.partitioned = threading.Event()
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        for sock in list(self._open):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._open += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if not self.partitioned.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+
+def test_readyz_healthz_and_sigterm_during_a_database_partition(
+    pg_url: str, tmp_path: Path
+) -> None:
+    url = make_url(pg_url)
+    proxy = PartitionProxy(url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    port = free_port()
+    try:
+        with DoorFlowSimulator(seed=43, history=100, history_days=1, rate=5.0) as sim:
+            config = write_daemon_config(
+                tmp_path / "syncd.toml",
+                port,
+                [source_toml("parted", "doorflow", sim.base_url, token_env="T", interval=0.5)],
+            )
+            with running_daemon(config, proxied, port, {"T": sim.token}, extra_args=()) as daemon:
+                wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, "ready")
+                wait_for(
+                    lambda: daemon.metric("syncd_passes_total", source="parted", result="ok") >= 1,
+                    20,
+                    "a first pass",
+                )
+                proxy.partitioned.set()
+                parted = time.monotonic()
+                # More probes at once than cheroot has workers (8): none may hold one.
+                with ThreadPoolExecutor(max_workers=12) as pool:
+                    answers = list(
+                        pool.map(lambda _i: timed_get(daemon.url + "/readyz"), range(12))
+                    )
+                assert all(took <= 2.0 for _status, took in answers), answers
+                wait_for(lambda: timed_get(daemon.url + "/readyz")[0] == 503, 4, "readyz 503")
+                assert time.monotonic() - parted < 5
+                status, took = timed_get(daemon.url + "/readyz")
+                assert (status, took <= 2.0) == (503, True), (status, took)
+                status, took = timed_get(daemon.url + "/healthz")
+                assert (status, took < 0.5) == (200, True), (status, took)
+                time.sleep(1.5)  # passes now block on the database
+                assert daemon.stop() == 0
+                assert daemon.stopped_in is not None
+                assert daemon.stopped_in < 10, daemon.stopped_in
+    finally:
+        proxy.close()
+
+
+# One client (an SSL context costs ~0.1 s of CPU each), enough connections for all probes.
+_PROBES = httpx.Client(trust_env=False, limits=httpx.Limits(max_connections=32))
+
+
+def timed_get(url: str) -> tuple[int, float]:
+    began = time.monotonic()
+    try:
+        status = _PROBES.get(url, timeout=10).status_code
+    except httpx.HTTPError:
+        status = 0
+    return status, time.monotonic() - began
