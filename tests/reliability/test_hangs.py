@@ -144,6 +144,36 @@ def test_daemon_recovers_after_a_trickled_body(pg_url: str, tmp_path: Path) -> N
             assert daemon.stop() == 0
 
 
+def test_a_pass_cut_by_max_pass_duration_ends_at_once(pg_url: str, tmp_path: Path) -> None:
+    """A request still in progress (a 30 s timeout) does not keep a cancelled pass alive."""
+    source = "drip_cut"
+    port = free_port()
+    with DripServer(doorflow_page(5), mode="drip", every=2.0) as vendor:
+        config = write_daemon_config(
+            tmp_path / "syncd.toml",
+            port,
+            [
+                source_toml(
+                    source, "doorflow", vendor.url, token_env="DRIP_TOKEN", timeout=30,
+                    interval=2, max_pass_duration=3, start="2026-01-01T00:00:00Z",
+                )
+            ],
+        )  # fmt: skip
+        with running_daemon(config, pg_url, port, {"DRIP_TOKEN": TOKEN}, extra_args=()) as daemon:
+            wait_for(lambda: daemon.events("pass_cancelled"), 30, "the pass cancelled")
+            cancelled = _epoch(daemon.events("pass_cancelled")[0]["timestamp"])
+            wait_for(lambda: daemon.events("pass_finished"), 10, "the cancelled pass ended")
+            ended = _epoch(daemon.events("pass_finished")[0]["timestamp"])
+            assert ended - cancelled < 1.5, ended - cancelled
+            vendor.mode = "normal"
+            wait_for(lambda: stored(pg_url, source) == 5, 40, "the next passes store the events")
+            assert daemon.stop() == 0
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 # -- Ctrl-C during a 429 wait ----------------------------------------------------------
 
 
