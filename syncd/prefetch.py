@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 _END = object()
 POLL = 0.1  # seconds between looks at ``stop`` while waiting for the producer
-JOIN_WAIT = 1.0  # seconds the producer gets to end after the consumer is done
+JOIN_WAIT = 0.25  # seconds the producer gets to end after the consumer is done
 
 
 class _Failed:
