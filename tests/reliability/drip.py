@@ -16,11 +16,15 @@ class DripServer:
     ``drip``: headers at once, then one body byte every ``every`` seconds.
     ``stall``: headers at once, then nothing until the client gives up.
     ``normal``: the whole answer at once (a vendor that recovered).
+    ``head_delay``: seconds before the headers are sent, in every mode.
     ``requests`` counts what arrived; ``open_connections`` what is still open.
     """
 
-    def __init__(self, body: bytes, *, mode: str = "drip", every: float = 3.0) -> None:
+    def __init__(
+        self, body: bytes, *, mode: str = "drip", every: float = 3.0, head_delay: float = 0.0
+    ) -> None:
         self.body = body
+        self.head_delay = head_delay
         self.mode = mode
         self.every = every
         self.requests = 0
@@ -80,6 +84,8 @@ class DripServer:
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(self.body)}\r\n\r\n"
                 ).encode()
+                if self.head_delay and self._stop.wait(self.head_delay):
+                    return
                 conn.sendall(head if mode != "normal" else head + self.body)
                 if mode == "drip":
                     for index in range(len(self.body)):

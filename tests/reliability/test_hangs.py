@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -33,10 +34,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from syncd.config import SourceConfig
 from syncd.db.engine import create_engine
 from syncd.db.schema import events
+from syncd.engine import make_client
+from syncd.errors import RequestTimeout
 from syncd.simulators import DoorFlowSimulator
 from syncd.simulators.faults import Faults
+from syncd.sources.http import RetryPolicy, send
 from tests.integration.daemonhelpers import free_port, running_daemon, source_toml, wait_for
 from tests.integration.daemonhelpers import write_config as write_daemon_config
 from tests.reliability.drip import DripServer
@@ -114,6 +119,25 @@ def test_sync_against_a_trickled_body_fails_as_a_timeout(pg_url: str, tmp_path: 
     ]
     assert [r["reason"] for r in retries] == ["timeout"]
     assert stored(pg_url, source) == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "head_delay"),
+    [("drip", 0.0), ("stall", 0.0), ("stall", 1.5), ("drip", 1.5)],
+)
+def test_one_request_ends_at_its_deadline(mode: str, head_delay: float) -> None:
+    """Headers late, then a stall or a drip: the whole request still ends at ``timeout``."""
+    config = SourceConfig(
+        name="deadline", kind="doorflow", base_url="http://127.0.0.1", timeout=2.0
+    )
+    with DripServer(doorflow_page(3), mode=mode, every=0.5, head_delay=head_delay) as vendor:
+        client = make_client(dataclasses.replace(config, base_url=vendor.url))
+        policy = RetryPolicy(attempts=1)
+        began = time.monotonic()
+        with client, pytest.raises(RequestTimeout):
+            send(client, lambda c: c.get("/api/3/events"), policy=policy, source="deadline")
+        took = time.monotonic() - began
+    assert 1.9 < took < 2.5, took
 
 
 def test_daemon_recovers_after_a_trickled_body(pg_url: str, tmp_path: Path) -> None:
