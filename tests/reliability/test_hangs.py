@@ -404,6 +404,7 @@ def test_readyz_healthz_and_sigterm_during_a_database_partition(
                 assert daemon.stopped_in < 10, daemon.stopped_in
     finally:
         proxy.close()
+        _PROBES.close()  # its kept-alive connections to the stopped daemon
 
 
 # One client (an SSL context costs ~0.1 s of CPU each), enough connections for all probes.
