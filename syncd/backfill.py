@@ -45,6 +45,7 @@ from syncd.db.store import Store, WriteResult
 from syncd.engine import Clock, SourceRuntime, drive, utcnow
 from syncd.errors import SyncdError
 from syncd.sources.base import Page
+from syncd.sources.http import RetryHooks
 
 log = structlog.get_logger(__name__)
 # Progress events go to their own logger, so the command line can show them
@@ -304,7 +305,11 @@ def _locked(
     todo = [row for row in rows if not row.done]
     if not todo:
         return _finished(report, started)
-    with SourceRuntime.open(store, config, clock=clock, transport=transport) as runtime:
+    # The stop also ends retry waits (a 429's Retry-After), not only the page loop.
+    hooks = RetryHooks(stop=stop) if stop is not None else None
+    with SourceRuntime.open(
+        store, config, clock=clock, transport=transport, retry_hooks=hooks
+    ) as runtime:
         for row in todo:
             if stop is not None and stop.is_set():
                 return _finished(report, started, stopped=True)

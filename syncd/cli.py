@@ -28,6 +28,8 @@ from syncd.simulators.cli import simulate
 from syncd.wording import counted
 
 if TYPE_CHECKING:
+    from syncd.backfill import BackfillReport
+    from syncd.backfill_progress import ProgressBar
     from syncd.bi_role import RoleRecipe
     from syncd.config import SourceConfig
     from syncd.db.backfills import BackfillSummary
@@ -199,30 +201,79 @@ def sync(ctx: Context, names: Sequence[str]) -> None:
     # The views need the sources and their calendars, the passes do not: on
     # PostgreSQL the (first-run) calendar write overlaps the passes instead of
     # delaying the first page or the exit. SQLite has one writer: after them.
-    with _alongside(
-        lambda: sync_sources(store.engine, settings.sources, datetime.now(UTC)),
-        concurrent=store.engine.dialect.name == "postgresql",
+    with (
+        _interruptible(
+            "stopping after the page in hand commits (Ctrl-C again to quit at once)",
+            "the next sync resumes from the last committed page",
+        ) as stop,
+        _alongside(
+            lambda: sync_sources(store.engine, settings.sources, datetime.now(UTC)),
+            concurrent=store.engine.dialect.name == "postgresql",
+        ),
     ):
-        failed = _sync_each(store, sources)
+        failed = _sync_each(store, sources, stop)
+    if stop.is_set():
+        click.echo(
+            "syncd: interrupted; the next sync resumes from the last committed page", err=True
+        )
+        raise SystemExit(1)
     if failed:
         raise SystemExit(1)
 
 
-def _sync_each(store: Store, sources: Sequence[SourceConfig]) -> int:
+@contextlib.contextmanager
+def _interruptible(stopping: str, quit_note: str) -> Iterator[threading.Event]:
+    """The one home of Ctrl-C for the one-shot commands: a stop event for the block.
+
+    The first SIGINT sets the event (the work ends after the page in hand
+    commits, retry waits end at once) and says so on stderr; a second one
+    ends the process at once, without a traceback: a transaction in flight
+    is rolled back by the database, never half-committed, and ``quit_note``
+    (how to resume) is printed first.
+    """
+    import os
+    import signal
+
+    stop = threading.Event()
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            sys.stderr.write(f"\nsyncd: interrupted; {quit_note}\n")
+            sys.stderr.flush()
+            os._exit(130)
+        stop.set()
+        sys.stderr.write(f"\nsyncd: {stopping}\n")
+        sys.stderr.flush()
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield stop
+    finally:
+        # Once interrupted, the handler stays: a Ctrl-C while the command
+        # winds down (its summary, its exit) still ends it at once, quietly.
+        if not stop.is_set():
+            signal.signal(signal.SIGINT, previous)
+
+
+def _sync_each(store: Store, sources: Sequence[SourceConfig], stop: threading.Event) -> int:
     """One guarded pass per source, one line each; return how many failed."""
     from syncd.engine import run_pass
 
     failed = 0
     for source in sources:
-        result = _guarded_pass(store, source, run_pass)
+        if stop.is_set():
+            click.echo(f"{source.name}: not started (interrupted)")
+            continue
+        result = _guarded_pass(store, source, lambda s, c: run_pass(s, c, stop=stop))
         if result.paused:
             click.echo(f"{source.name}: paused (`syncd resume {source.name}` to sync it again)")
         elif result.skipped:
             click.echo(f"{source.name}: skipped, another syncd is syncing it")
         elif result.ok:
             w = result.written
+            outcome = "stopped" if result.stopped else "ok"
             click.echo(
-                f"{source.name}: ok, {w.inserted:,} new, {w.updated:,} updated, "
+                f"{source.name}: {outcome}, {w.inserted:,} new, {w.updated:,} updated, "
                 f"{w.unchanged:,} unchanged, {w.rejected:,} rejected "
                 f"in {counted(result.pages, 'page')}, {result.duration_s:.1f}s"
             )
@@ -398,12 +449,8 @@ def _run_backfill(
 ) -> None:
     import logging
     import os
-    import signal
-    import threading
 
-    from syncd.backfill import BackfillRefused, run_backfill
     from syncd.backfill_progress import ProgressBar
-    from syncd.engine import describe_error
 
     root = click.get_current_context().find_root().params
     tty = sys.stderr.isatty()
@@ -411,14 +458,32 @@ def _run_backfill(
         # Off a terminal the progress is log lines: backfill's own events at
         # info, everything else at the one-shot commands' error level.
         logging.getLogger("syncd.backfill.progress").setLevel(logging.INFO)
-    stop = threading.Event()
-
-    def interrupted(_signum: int, _frame: Any) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: now
-
-    previous = signal.signal(signal.SIGINT, interrupted)
     bar = ProgressBar(config.name) if tty else None
+    with _interruptible(
+        "stopping after the page in hand commits (Ctrl-C again to quit at once)",
+        f"to resume: {resume}",
+    ) as stop:
+        report = _backfill_reporting(store, config, since, until, step, resume, stop, bar)
+    click.echo(report.summary())
+    if report.stopped and not report.complete:
+        click.echo(f"syncd: backfill of {config.name} interrupted; to resume: {resume}", err=True)
+        raise SystemExit(1)
+
+
+def _backfill_reporting(
+    store: Store,
+    config: SourceConfig,
+    since: datetime,
+    until: datetime,
+    step: timedelta,
+    resume: str,
+    stop: threading.Event,
+    bar: ProgressBar | None,
+) -> BackfillReport:
+    """:func:`run_backfill` with its failures as one line that says how to resume."""
+    from syncd.backfill import BackfillRefused, run_backfill
+    from syncd.engine import describe_error
+
     try:
         if bar is not None:
             bar.start()
@@ -444,11 +509,7 @@ def _run_backfill(
     finally:
         if bar is not None:
             bar.stop()
-        signal.signal(signal.SIGINT, previous)
-    click.echo(report.summary())
-    if report.stopped and not report.complete:
-        click.echo(f"syncd: backfill of {config.name} interrupted; to resume: {resume}", err=True)
-        raise SystemExit(1)
+    return report
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -500,7 +561,6 @@ def run(ctx: Context, migrate_first: bool, listen: str | None) -> None:
         # writes'); webhook writes, readiness and gauges need a few more.
         options["pool_size"] = 2 * settings.daemon.workers + 4
         options["max_overflow"] = 4
-        options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **options)
     check_connection(engine)
     if not migrate_first:

@@ -33,6 +33,7 @@ from syncd.db.store import Store
 from syncd.engine import utcnow
 from syncd.errors import SyncdError
 from syncd.metrics import Metrics
+from syncd.readiness import Readiness
 from syncd.scheduler import PassScheduler, TransportFactory
 from syncd.web import App, Routes, make_server
 from syncd.webhooks import Answer, WebhookFetcher
@@ -42,6 +43,8 @@ log = structlog.get_logger(__name__)
 # Passes get this long to commit the page in hand after SIGTERM; the HTTP
 # server and the rest of the stop fit in what is left of the contract's 10 s.
 STOP_GRACE = 7.0
+HTTP_STOP_WAIT = 1.0  # then the HTTP server's workers are abandoned (daemon threads)
+POOL_CLOSE_WAIT = 0.5  # closing pooled connections to a database that does not answer
 HTTP_THREADS = 8
 WEBHOOK_WORKERS = 2
 
@@ -88,6 +91,7 @@ class Daemon:
             if s.kind == "doorflow" and s.webhook_secret is not None
         }
         names = frozenset(s.name for s in settings.sources)
+        self.readiness = Readiness(self._schema_problem)
         routes = Routes(
             healthy=lambda: self.passes.running,
             not_ready=self.not_ready,
@@ -128,22 +132,36 @@ class Daemon:
         )
 
     def stop(self, grace: float = STOP_GRACE) -> bool:
-        """The contract's stop; True when every pass ended within ``grace``."""
+        """The contract's stop; True when every pass ended within ``grace``.
+
+        Every step is bounded, so a database that stopped answering (a pass
+        blocked in a query, an HTTP worker in a request) cannot hold the
+        process: what is in hand is then lost, never half-committed (the
+        database rolls the open transaction back), and the next pass redoes it.
+        """
         log.info("daemon_stopping", running_passes=self.passes.busy())
         clean = self.passes.stop(grace)
         self._gate.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
-        self.server.stop()
+        # cheroot's stop joins a worker it could not stop without a timeout.
+        clean &= _bounded(self.server.stop, HTTP_STOP_WAIT, "http_server")
         if self._serving is not None:
-            self._serving.join(timeout=2.0)
-        self.engine.dispose()
-        log.info("daemon_stopped", clean=clean)
+            self._serving.join(timeout=0.5)
+        clean &= _bounded(self.engine.dispose, POOL_CLOSE_WAIT, "database_pool")
+        log.info("daemon_stopped", clean=clean, abandoned_passes=self.passes.busy())
         return clean
 
     def not_ready(self) -> str | None:
-        """None when the database answers with the head schema; else why not."""
+        """None when the database answers with the head schema; else why not.
+
+        Bounded in time (:class:`~syncd.readiness.Readiness`): the HTTP worker
+        that asks never waits on a database that does not answer.
+        """
         if self.passes.stopping.is_set():
             return "stopping"
+        return self.readiness.check()
+
+    def _schema_problem(self) -> str | None:
         try:
             current = migrations.current_revision(self.engine)
         except sa.exc.SQLAlchemyError as exc:
@@ -192,6 +210,17 @@ class Daemon:
         except sa.exc.SQLAlchemyError as exc:
             log.warning("pause_not_read", source=source, error=first_line(exc))
             return False
+
+
+def _bounded(step: Callable[[], object], seconds: float, what: str) -> bool:
+    """Run ``step`` in a daemon thread, waiting ``seconds`` at most; True if it ended."""
+    thread = threading.Thread(target=step, name=f"syncd-stop-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        log.warning("stop_step_abandoned", step=what, waited_s=seconds)
+        return False
+    return True
 
 
 def _raise_open_files_limit(wanted: int = 65536) -> None:

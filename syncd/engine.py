@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +45,7 @@ from syncd.prefetch import prefetched_batches
 from syncd.sources import source_class
 from syncd.sources.auth import SharedOAuth
 from syncd.sources.base import Page, Source, SourceContext
+from syncd.sources.deadline import deadline_hooks
 from syncd.sources.http import RetryHooks
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class PassResult:
     """A pass that failed on a 429: the wait the vendor asked for (its last word)."""
     paused: bool = False
     """Not run because the source is paused (``syncd pause``); ``skipped`` too."""
+    stopped: bool = False
+    """Asked to stop (Ctrl-C, shutdown, ``max_pass_duration``): what committed stays."""
 
 
 def make_client(
@@ -89,14 +92,19 @@ def make_client(
     Certificates are verified against httpx's default trust store, or the
     source's ``ca_file`` (:meth:`SourceConfig.tls_verify`); a ``transport``
     given brings its own verification (the daemon's, built the same way).
+    ``timeout`` bounds each request as a whole, connect to last body byte
+    (:mod:`syncd.sources.deadline`), not each read.
     """
+    hooks = deadline_hooks(config.timeout)
+    for key, value in (event_hooks or {}).items():
+        hooks.setdefault(key, []).extend(value)
     return httpx.Client(
         base_url=config.base_url,
         verify=config.tls_verify() if transport is None else True,
         timeout=httpx.Timeout(config.timeout),
         headers={"User-Agent": f"syncd/{__version__}", "Accept": "application/json"},
         transport=transport,
-        event_hooks={key: list(value) for key, value in (event_hooks or {}).items()},
+        event_hooks=hooks,
     )
 
 
@@ -220,6 +228,7 @@ class Progress:
     written: WriteResult = field(default_factory=WriteResult)
     pages: int = 0
     stopped: bool = False
+    likely_new: bool = False
 
 
 # A commit unit: the pages already fetched while the last commit ran, up to
@@ -252,44 +261,64 @@ def drive(
     so every row still commits together with a cursor that covers it.
     ``on_page`` is called once per commit, with the unit as one page.
     ``stop`` is checked between commits: when set, the loop ends after the
-    unit in hand is committed. Exceptions propagate; everything committed
-    before them stays.
+    unit in hand is committed, and while waiting for the next page it ends
+    at once (a request or retry wait in progress is abandoned: nothing of it
+    was committed). Exceptions propagate; everything committed before them
+    stays.
     """
-    total = WriteResult()
-    count = 0
-    likely_new = False  # a unit whose rows were all new predicts the next one's
-    for unit in prefetched_batches(
-        pages, depth=PREFETCH_PAGES, limit=commit_rows, weight=_page_rows
-    ):
-        page = _joined(unit)
-        written = store.write_page(
-            source,
-            page.records,
-            page.rejected,
-            page.cursor,
-            clock(),
-            sink=sink,
-            likely_new=likely_new,
-        )
-        likely_new = written.inserted > 0 and written.inserted == len(page.records)
-        total += written
-        count += len(unit)
-        log.info(
-            "page_committed",
-            source=source,
-            pages=len(unit),
-            rows=len(page.records),
-            inserted=written.inserted,
-            updated=written.updated,
-            unchanged=written.unchanged,
-            rejected=written.rejected,
-        )
-        if on_page is not None:
-            on_page(page, written)
-        if stop is not None and stop.is_set():
-            log.info("pass_stopping", source=source, reason="stop requested")
-            return Progress(total, count, stopped=True)
-    return Progress(total, count)
+    progress = Progress()
+    try:
+        for unit in prefetched_batches(
+            pages, depth=PREFETCH_PAGES, limit=commit_rows, weight=_page_rows, stop=stop
+        ):
+            progress = _commit(store, source, unit, sink, clock(), progress, on_page)
+            if stop is not None and stop.is_set():
+                break
+    except WaitInterrupted:
+        if stop is None or not stop.is_set():
+            raise
+        # The producer's retry wait ended on this stop before the loop noticed it.
+    if stop is not None and stop.is_set():
+        log.info("pass_stopping", source=source, reason="stop requested")
+        return replace(progress, stopped=True)
+    return progress
+
+
+def _commit(
+    store: Store,
+    source: str,
+    unit: list[Page],
+    sink: CursorSink,
+    now: datetime,
+    progress: Progress,
+    on_page: Callable[[Page, WriteResult], None] | None,
+) -> Progress:
+    """One commit unit: its rows and the position after its last page, in one transaction."""
+    page = _joined(unit)
+    written = store.write_page(
+        source,
+        page.records,
+        page.rejected,
+        page.cursor,
+        now,
+        sink=sink,
+        likely_new=progress.likely_new,
+    )
+    log.info(
+        "page_committed",
+        source=source,
+        pages=len(unit),
+        rows=len(page.records),
+        inserted=written.inserted,
+        updated=written.updated,
+        unchanged=written.unchanged,
+        rejected=written.rejected,
+    )
+    if on_page is not None:
+        on_page(page, written)
+    # A unit whose rows were all new predicts the next one's.
+    likely_new = written.inserted > 0 and written.inserted == len(page.records)
+    return Progress(progress.written + written, progress.pages + len(unit), likely_new=likely_new)
 
 
 def _page_rows(page: Page) -> int:
@@ -365,8 +394,11 @@ def _locked_pass(
     reconciled = None
     try:
         if runtime is None:
+            # The pass's stop ends its retry waits too (a daemon's runtime
+            # comes with its own stop wired in).
+            hooks = RetryHooks(stop=stop) if stop is not None else None
             runtime = SourceRuntime.open(
-                store, config, clock=clock, transport=transport, state=state
+                store, config, clock=clock, transport=transport, state=state, retry_hooks=hooks
             )
         progress = drive(
             store,
@@ -410,6 +442,7 @@ def _locked_pass(
         duration_s=duration,
         kind=config.kind,
         reconciled=reconciled,
+        stopped=progress.stopped,
     )
 
 
@@ -420,12 +453,13 @@ def _reconcile_if_due(
     clock: Clock,
     stop: threading.Event | None,
 ) -> ReconcileReport | None:
-    """The scheduled reconciliation, inside the pass's lock (never during a shutdown)."""
+    """The scheduled reconciliation, inside the pass's lock, ended by the pass's stop
+    (a shutdown, ``max_pass_duration``) like the pass itself."""
     if stop is not None and stop.is_set():
         return None
     from syncd.reconcile import reconcile_if_due
 
-    return reconcile_if_due(store, config, runtime=runtime, clock=clock)
+    return reconcile_if_due(store, config, runtime=runtime, clock=clock, stop=stop)
 
 
 def describe_error(exc: BaseException) -> str:

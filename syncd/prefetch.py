@@ -15,6 +15,12 @@ Cursor safety does not change: items reach the consumer in order, and a
 page's cursor is only committed with or after every page before it. A page
 fetched ahead and never committed (the pass failed or stopped) is simply
 fetched again next time.
+
+A ``stop`` event ends the wait for the next item at once: the consumer does
+not sit out a request (or a retry wait) in progress in the producer. The
+producer is then abandoned, not joined for long: it is a daemon thread, its
+next hand-over sees the stop and it ends (its retry waits end on the same
+stop when the caller wired it into them, :class:`syncd.sources.http.RetryHooks`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import TypeVar, cast
 T = TypeVar("T")
 
 _END = object()
+POLL = 0.1  # seconds between looks at ``stop`` while waiting for the producer
+JOIN_WAIT = 0.25  # seconds the producer gets to end after the consumer is done
 
 
 class _Failed:
@@ -54,6 +62,7 @@ def prefetched_batches(
     depth: int,
     limit: int,
     weight: Callable[[T], int] = lambda _item: 1,
+    stop: threading.Event | None = None,
 ) -> Generator[list[T], None, None]:
     """Yield ``items`` in order, in lists of whatever the producer has ready.
 
@@ -61,13 +70,14 @@ def prefetched_batches(
     they are already produced and the list's total ``weight`` stays within
     ``limit``. At most ``depth`` items wait in between. Errors and early close
     behave as in :func:`prefetched`: an error raised by ``items`` comes after
-    the items produced before it.
+    the items produced before it. ``stop`` set: the iteration ends (without
+    an error) as soon as the consumer is waiting, before the next item.
     """
     buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    done = threading.Event()  # the consumer is gone: the producer stops handing over
 
     def put(item: object) -> bool:
-        while not stop.is_set():
+        while not done.is_set():
             try:
                 buffer.put(item, timeout=0.05)
             except queue.Full:
@@ -93,7 +103,9 @@ def prefetched_batches(
     held: object = None  # an item taken from the buffer that did not fit the last list
     try:
         while True:
-            item = buffer.get() if held is None else held
+            item = _next(buffer, stop) if held is None else held
+            if item is None:  # stopped while waiting
+                return
             if isinstance(item, _Failed):
                 raise item.error
             if item is _END:
@@ -101,8 +113,22 @@ def prefetched_batches(
             batch, held = _fill(buffer, cast(T, item), limit, weight)
             yield batch
     finally:
-        stop.set()
-        thread.join()
+        done.set()
+        # Bounded: a producer inside a request ends at its deadline, and is a
+        # daemon thread either way; a shutdown never waits on it.
+        thread.join(JOIN_WAIT)
+
+
+def _next(buffer: queue.Queue[object], stop: threading.Event | None) -> object | None:
+    """The next item, or None once ``stop`` is set while none is there."""
+    if stop is None:
+        return buffer.get()
+    while True:
+        try:
+            return buffer.get(timeout=POLL)
+        except queue.Empty:
+            if stop.is_set():
+                return None
 
 
 def _fill(

@@ -37,6 +37,7 @@ scope, so reconciliation there reports "not needed" and makes no request.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -73,6 +74,8 @@ class ReconcileReport:
     requests: int = 0
     duration_s: float = 0.0
     note: str = ""
+    stopped: bool = False
+    """Ended early by a stop (the pass's ``max_pass_duration``, a shutdown): not finished."""
 
     @property
     def found(self) -> int:
@@ -93,6 +96,7 @@ class ReconcileReport:
             "requests": self.requests,
             "duration_s": round(self.duration_s, 3),
             "note": self.note,
+            "stopped": self.stopped,
         }
 
     def summary(self) -> str:
@@ -128,15 +132,20 @@ def reconcile(
     runtime: SourceRuntime | None = None,
     clock: Clock = utcnow,
     transport: httpx.BaseTransport | None = None,
+    stop: threading.Event | None = None,
 ) -> ReconcileReport:
-    """Reconcile ``config``'s source over ``[since, until)``; raises on vendor errors."""
+    """Reconcile ``config``'s source over ``[since, until)``; raises on vendor errors.
+
+    ``stop`` set ends it between spans and pages (``ReconcileReport.stopped``);
+    what was re-read and committed stays.
+    """
     started = time.perf_counter()
     own = runtime is None
     if runtime is None:
         runtime = SourceRuntime.open(store, config, clock=clock, transport=transport)
     requests = _RequestCounter(runtime.client)
     try:
-        report = _bisect(store, config, runtime, since, until, clock)
+        report = _bisect(store, config, runtime, since, until, clock, stop)
     finally:
         requests.detach()
         if own:
@@ -156,12 +165,19 @@ def _bisect(
     since: datetime,
     until: datetime,
     clock: Clock,
+    stop: threading.Event | None = None,
 ) -> ReconcileReport:
     source = runtime.source
     spans = [(since, until)]
     checked = reread = 0
     written = WriteResult()
     while spans:
+        if stop is not None and stop.is_set():
+            log.info("reconcile_stopping", source=config.name, spans_left=len(spans))
+            return ReconcileReport(
+                config.name, since, until, spans_checked=checked, spans_reread=reread,
+                written=written, stopped=True,
+            )  # fmt: skip
         low, high = spans.pop()
         vendor = source.vendor_count(low, high)
         if vendor is None:
@@ -180,7 +196,7 @@ def _bisect(
                 local=local,
             )
             pages = source.window_pages(low, high, {}, clock())
-            written += drive(store, config.name, pages, NoCursor(), clock=clock).written
+            written += drive(store, config.name, pages, NoCursor(), clock=clock, stop=stop).written
             reread += 1
             continue
         middle = split(low, high)
@@ -203,8 +219,12 @@ def reconcile_if_due(
     *,
     runtime: SourceRuntime,
     clock: Clock = utcnow,
+    stop: threading.Event | None = None,
 ) -> ReconcileReport | None:
-    """Run the scheduled reconciliation of the last ``reconcile_days`` when it is due."""
+    """Run the scheduled reconciliation of the last ``reconcile_days`` when it is due.
+
+    One ended by ``stop`` is not recorded as done: it is due again next pass.
+    """
     now = clock()
     state = store.load_state(config.name)
     if not reconcile_due(config, state.reconciled_at, now):
@@ -212,8 +232,11 @@ def reconcile_if_due(
     since = now - timedelta(days=config.reconcile_days)
     if config.start is not None:
         since = max(since, config.start)
-    report = reconcile(store, config, since=since, until=now, runtime=runtime, clock=clock)
-    store.record_reconciled(config.name, clock())
+    report = reconcile(
+        store, config, since=since, until=now, runtime=runtime, clock=clock, stop=stop
+    )
+    if not report.stopped:
+        store.record_reconciled(config.name, clock())
     return report
 
 

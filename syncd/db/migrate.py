@@ -58,6 +58,10 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     check_known(current_revision(engine))
     config = alembic_config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # A migration may rewrite or index a large table: no statement limit
+            # (syncd.db.engine sets one on every connection), for this transaction only.
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 

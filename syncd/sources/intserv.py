@@ -40,8 +40,12 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
   persists once retries are spent, to a request that *carried* a
   continuation key — the classification is by which request failed, never
   by the message — raises :class:`~syncd.errors.ContinuationRejected`, and
-  the pass starts again from its ``from_date`` with a fresh horizon (the
-  events already stored are upserted again, harmlessly). After
+  the pass starts again with a fresh horizon, from its ``from_date`` or, when
+  the pass had proved more (:func:`earned`: the lesser of its horizon and the
+  newest ``event_time`` it read), from there, that point committed at once as
+  ``least_sync_time``: a pass longer than a key's life (cut by
+  ``max_pass_duration``, resumed after a longer backoff) moves the cursor at
+  every attempt instead of starting over for ever. After
   :data:`MAX_RESTARTS` restarts in one run the pass fails with that error;
   the committed cursor still resumes it next time. The same error to a
   request *without* a key is a real failure and fails the pass at once.
@@ -258,6 +262,7 @@ class PassState:
     horizon: datetime | None = None  # min least_sync_time reported in this pass
     scope: str = ""
     to_date: datetime | None = None  # a window read's end (backfill); live passes send none
+    read_to: datetime | None = None  # the newest event_time read in this pass so far
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -268,6 +273,8 @@ class PassState:
         }
         if self.to_date is not None:
             data["to_date"] = canonical_time(self.to_date)
+        if self.read_to is not None:
+            data["read_to"] = canonical_time(self.read_to)
         return data
 
     @classmethod
@@ -275,12 +282,14 @@ class PassState:
         horizon = data.get("horizon")
         key = data.get("continuation_key")
         to_date = data.get("to_date")
+        read_to = data.get("read_to")
         return cls(
             from_date=_parse_stored(data["from_date"]),
             continuation_key=str(key) if key else None,
             horizon=_parse_stored(horizon) if horizon else None,
             scope=str(data.get("scope", "")),
             to_date=_parse_stored(to_date) if to_date else None,
+            read_to=_parse_stored(read_to) if read_to else None,
         )
 
 
@@ -373,10 +382,38 @@ def rescope(cursor: IntServCursor, scope: str, start: datetime) -> tuple[IntServ
     return IntServCursor(least_sync_time=origin, scope=scope, origin=origin), "widened"
 
 
+def earned(current: PassState) -> datetime | None:
+    """How far a pass in progress has proved the list read: ``min(horizon, read_to)``.
+
+    Every event before the horizon was in the list when the pass began (the
+    server's ``least_sync_time`` guarantee), and the list is ordered by
+    ``event_time`` (the order a forward walk relies on, see the module
+    docstring): a walk that has read up to ``read_to`` has passed every such
+    event older than it. None: nothing proved yet.
+    """
+    if current.horizon is None or current.read_to is None:
+        return None
+    return min(current.horizon, current.read_to)
+
+
 def restart_pass(cursor: IntServCursor) -> IntServCursor:
-    """The same pass from its ``from_date`` again, without a key or a horizon."""
+    """The pass again without a key or a horizon, from where its progress is proved.
+
+    A pass longer than the key's life (cut by ``max_pass_duration``, then
+    resumed after a backoff longer than the key's TTL) would otherwise start
+    from the same ``from_date`` every time and never finish: what it earned
+    (:func:`earned`) becomes the committed ``least_sync_time`` (never moved
+    backwards) and the new pass starts there.
+    """
     current = cursor.current
     assert current is not None
+    proved = earned(current)
+    if proved is not None and proved > cursor.least_sync_time:
+        return replace(
+            cursor,
+            least_sync_time=proved,
+            current=PassState(from_date=proved, scope=current.scope),
+        )
     return replace(cursor, current=PassState(from_date=current.from_date, scope=current.scope))
 
 
@@ -385,20 +422,27 @@ def after_page(
     reported: datetime | None,
     has_more: bool,
     next_key: str | None,
+    newest: datetime | None = None,
 ) -> IntServCursor:
     """The cursor to commit with a page just read.
 
     ``reported`` is the page's ``least_sync_time`` (None: unreadable, which
     vouches for nothing past ``from_date``). The pass's horizon is the minimum
-    reported so far. Mid-pass the committed horizon stays put and the pass
-    state carries the next key; at the end it becomes ``max(old, horizon)``.
+    reported so far. ``newest`` is the page's newest ``event_time`` (None: no
+    readable one), kept as the pass's ``read_to``. Mid-pass the committed
+    horizon stays put and the pass state carries the next key; at the end it
+    becomes ``max(old, horizon)``.
     """
     current = cursor.current
     assert current is not None
     seen = reported if reported is not None else current.from_date
     horizon = seen if current.horizon is None else min(current.horizon, seen)
+    read_to = current.read_to
+    if newest is not None:
+        read_to = newest if read_to is None else max(read_to, newest)
     if has_more:
-        return replace(cursor, current=replace(current, continuation_key=next_key, horizon=horizon))
+        moved = replace(current, continuation_key=next_key, horizon=horizon, read_to=read_to)
+        return replace(cursor, current=moved)
     return replace(cursor, least_sync_time=max(cursor.least_sync_time, horizon), current=None)
 
 
@@ -601,14 +645,20 @@ class IntServSource:
                         f"continuation keys rejected {restarts} times in one pass; "
                         f"giving up for now (last: {exc})"
                     ) from exc
+                state = restart_pass(state)
+                assert state.current is not None
+                kept = state.current.from_date > current.from_date
                 log.warning(
                     "pass_restarted",
                     source=self.config.name,
                     reason="continuation key rejected",
                     restarts=restarts,
-                    from_date=canonical_time(current.from_date),
+                    from_date=canonical_time(state.current.from_date),
+                    progress_kept=kept,
                 )
-                state = restart_pass(state)
+                if kept:
+                    # What the pass earned commits now, before anything can cut it.
+                    yield Page([], [], state.to_json())
                 continue
             if response.has_more and response.continuation_key == current.continuation_key:
                 raise SourceError("IntServ answered with the continuation_key it was sent")
@@ -616,9 +666,21 @@ class IntServSource:
                 response.events, self.context.codes, screened=response.screened
             )
             state = after_page(
-                state, response.least_sync_time, response.has_more, response.continuation_key
+                state,
+                response.least_sync_time,
+                response.has_more,
+                response.continuation_key,
+                newest_time(records, rejected),
             )
             yield Page(records, rejected, state.to_json())
+
+
+def newest_time(records: list[EventRecord], rejected: list[RejectedRecord]) -> datetime | None:
+    """The newest ``event_time`` of a page (rejected records with a readable one count:
+    they were read, and are stored as rejects)."""
+    times = [r.occurred_at for r in records]
+    times += [r.occurred_at for r in rejected if r.occurred_at is not None]
+    return max(times, default=None)
 
 
 SOURCE = IntServSource

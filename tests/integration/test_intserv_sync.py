@@ -256,7 +256,9 @@ def test_passes_through_faults_offline_systems_and_expiring_keys(
     assert stats.get("rate_limited", 0) > 0
     assert stats.get("server_errors", 0) > 0
     assert stats.get("dropped", 0) > 0
-    assert stats.get("bad_requests", 0) >= 4, "continuation keys did not expire mid-pass"
+    # Three expiries: the first pass's second one (request 40) no longer happens,
+    # since its restart resumes from what the pass proved, not from from_date.
+    assert stats.get("bad_requests", 0) >= 3, "continuation keys did not expire mid-pass"
     assert sum(r.ok for r in results) >= 22
     assert stats.get("internal_errors", 0) == 0
 
