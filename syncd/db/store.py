@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg.types.string import BytesBinaryDumper
 
 from syncd.db.schema import event_codes, events, rejected_events, sync_state
 from syncd.errors import DatabaseUnavailable
@@ -203,6 +204,9 @@ def _copy_new(
     one of them is already stored."""
     version = _JSONB_VERSION
     with raw.cursor() as cur:
+        # The bytea dumper found by type is dbapi20's (Python, for ``Binary``);
+        # on this cursor, psycopg's own ``bytes`` dumper (C in psycopg[binary]).
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
         cur.execute("SAVEPOINT syncd_new_rows")
         try:
             with cur.copy(_PG_DIRECT) as copy:
