@@ -72,6 +72,7 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -224,6 +225,9 @@ class _Fields(msgspec.Struct):
     subject: _Subject | None = None
 
 
+_CANONICAL_SECONDS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z").fullmatch
+
+
 def _text(value: int | str | None) -> str | None:
     return value if value is None or type(value) is str else str(value)
 
@@ -264,8 +268,13 @@ def from_api(raw: Any, codes: Mapping[int, CodeInfo]) -> EventRecord:
         name = f"{first} {last}".strip() or None
     if name is None and subject is not None:
         name = (_text(subject.name) or "").strip() or None
+    text = f.event_time
+    # The vendor's usual form (2026-01-02T00:13:24Z) is already canonical:
+    # fixed-width fields that parsed, so formatting the instant again would
+    # write the same characters.
+    when = text if _CANONICAL_SECONDS(text) else canonical_time(occurred_at)
     return EventRecord(
-        event_key(system_id, occurred_at, sequence_id),
+        f"{system_id}|{when}|{sequence_id}",
         VENDOR,
         occurred_at,
         code,
