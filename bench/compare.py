@@ -34,6 +34,13 @@ previous one's dirty pages. The contenders:
   ``wait4``.
 - ``syncd``: ``syncd sync`` exactly as a user runs it (start-up, migration of
   the empty database, every guarantee).
+- ``limit`` ("syncd's table limit", measured after ``syncd`` in the same
+  run): the database side alone. Exactly the rows syncd stored are copied
+  server-side to a file, then timed as one server-side binary ``COPY ...
+  FROM`` that file into a fresh table of ``events``' exact shape (``LIKE
+  events INCLUDING ALL``: every index, the identity), after a
+  ``CHECKPOINT``. No client, no network, no parsing: however fast syncd's
+  own work were, a cold load into its table could not beat this.
 
 Each contender's figures: events/s over its wall time, its CPU seconds and
 peak RSS (``wait4``), and the vendor requests it made (the simulator's own
@@ -79,6 +86,14 @@ PAGE = 1000
 # Every code the list endpoint accepts (any other is a 400), as syncd asks.
 DOORFLOW_CODES = ",".join(map(str, LISTABLE_EVENT_CODES))
 CONTENDERS = ("download", "floor", "dlt", "singer", "syncd")
+# Measured after syncd, in syncd's database (not a contender of its own).
+LIMIT = "limit"
+# The columns syncd writes (``id`` comes from the identity, as in syncd's load).
+LIMIT_COLUMNS = (
+    "source, event_key, vendor, occurred_at, event_code, category, label, door_id, "
+    "door_name, person_id, person_name, credential, system_id, sequence_id, "
+    "source_updated_at, payload, first_seen_at, last_seen_at"
+)
 BENCH = Path(__file__).resolve().parent
 # The Singer contender's own venv (its pins would move syncd's), made on demand.
 SINGER_VENV = Path(os.environ.get("SYNCD_BENCH_SINGER_VENV", BENCH / ".venv-singer"))
@@ -490,6 +505,15 @@ def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, float
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def backend_cpu(pid: int) -> float:
+    """CPU seconds a server process has used so far (0 where /proc is not there)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServerCPU:
     """CPU seconds of the PostgreSQL backends serving one database, from /proc.
 
@@ -560,9 +584,42 @@ def verify(name: str, kind: str, url: str, expected: int) -> None:
         )
 
 
+def table_limit(url: str, admin_url: str, events: int) -> Result:
+    """syncd's table limit: its stored rows, server-side binary COPY into a fresh
+    table of ``events``' exact shape (every index), timed alone.
+
+    The rows go to a file the server writes and reads itself (no client in the
+    timed part); the file is removed afterwards.
+    """
+    path = f"/tmp/syncd_bench_limit_{uuid.uuid4().hex[:8]}.bin"  # noqa: S108 (the server's)
+    with psycopg.connect(_dsn(url), autocommit=True) as conn:
+        conn.execute(
+            f"COPY (SELECT {LIMIT_COLUMNS} FROM events ORDER BY id) TO '{path}' (FORMAT BINARY)"
+        )
+        conn.execute("CREATE TABLE events_limit (LIKE events INCLUDING ALL)")
+        try:
+            checkpoint(admin_url)
+            backend = conn.info.backend_pid
+            cpu_before = backend_cpu(backend)
+            started = time.perf_counter()
+            with conn.transaction():
+                conn.execute(f"COPY events_limit ({LIMIT_COLUMNS}) FROM '{path}' (FORMAT BINARY)")
+            seconds = time.perf_counter() - started
+            db_cpu = backend_cpu(backend) - cpu_before
+            row = conn.execute("SELECT count(*) FROM events_limit").fetchone()
+        finally:
+            # Empty the server's file (it may live in the server's private /tmp).
+            conn.execute(f"COPY (SELECT 1 WHERE false) TO '{path}'")
+            with suppress(OSError):
+                os.unlink(path)
+    if row is None or int(row[0]) != events:
+        raise SystemExit(f"limit: expected {events} rows in events_limit, found {row}")
+    return Result(LIMIT, events, seconds, 0.0, 0.0, 0, db_cpu)
+
+
 def measure(
     name: str, kind: str, sim: Simulator, admin_url: str, events: int, profile: Path | None = None
-) -> Result:
+) -> list[Result]:
     with fresh_database(admin_url) as url, tempfile.TemporaryDirectory() as tmp:
         pipeline: list[list[str]] = []
         if name == "syncd":
@@ -589,7 +646,10 @@ def measure(
         requests = sim.requests() - before
         if name != "download":
             verify(name, kind, url, events)
-    return Result(name, events, seconds, cpu, rss, requests, server.seconds)
+        results = [Result(name, events, seconds, cpu, rss, requests, server.seconds)]
+        if name == "syncd":
+            results.append(table_limit(url, admin_url, events))
+    return results
 
 
 def report(kind: str, results: list[Result], notes: tuple[str, ...] = ()) -> str:
@@ -610,11 +670,19 @@ def report(kind: str, results: list[Result], notes: tuple[str, ...] = ()) -> str
             if other in by_name:
                 ratio = by_name["syncd"].rate / by_name[other].rate
                 lines.append(f"syncd / {other}: {ratio:.2f}x events/s")
+        if LIMIT in by_name:
+            ratio = by_name["syncd"].rate / by_name[LIMIT].rate
+            lines.append(f"syncd / table limit: {ratio:.2f}x events/s")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     footer = f"({os.cpu_count()} cores, load average {load}; peak RSS and CPU from wait4"
     if "singer" in by_name:
         footer += ", singer's the tap's and the target's added up"
     lines.append(footer + ")")
+    if LIMIT in by_name:
+        lines.append(
+            "(limit: syncd's table limit, the rows syncd stored COPYed server-side into a "
+            "fresh table of events' exact shape, every index; database only)"
+        )
     lines.extend(notes)
     return "\n".join(lines)
 
@@ -663,8 +731,11 @@ def main() -> None:
     with simulator(args.kind, args.events) as sim:
         for _ in range(args.repeat):
             results = [
-                measure(n, args.kind, sim, args.database_url, sim.listed, args.profile)
+                result
                 for n in names
+                for result in measure(
+                    n, args.kind, sim, args.database_url, sim.listed, args.profile
+                )
             ]
             if args.repeat > 1:
                 print(report(args.kind, results), flush=True)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg.types.string import BytesBinaryDumper
 
 from syncd.db.schema import event_codes, events, rejected_events, sync_state
 from syncd.errors import CredentialStoreError, DatabaseUnavailable
@@ -112,7 +113,12 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
 # fails the COPY on the unique index, the savepoint is rolled back and the
 # same rows take the merge above, so the guess can cost time, never a row.
 _PG_DIRECT = f"COPY events ({_COLS}, first_seen_at, last_seen_at) FROM STDIN (FORMAT BINARY)"
-_DIRECT_TYPES = [*_STAGE_TYPES[:-1], "jsonb", "timestamptz", "timestamptz"]
+# The payload goes as binary jsonb: a version byte, then the JSON text. A
+# binary COPY row carries no type, only bytes, so the column is dumped as
+# ``bytea`` (psycopg's C dumper passes bytes through) with the version byte
+# already in front: no Python dumper call per row.
+_DIRECT_TYPES = [*_STAGE_TYPES[:-1], "bytea", "timestamptz", "timestamptz"]
+_JSONB_VERSION = b"\x01"
 _UPSERT_VALUES = ", ".join(["?"] * len(RECORD_COLUMNS))
 _SQLITE_UPSERT = f"""
 INSERT INTO events ({_COLS}, first_seen_at, last_seen_at)
@@ -197,34 +203,23 @@ def _copy_rows(source: str, records: Sequence[EventRecord]) -> Iterator[tuple[An
         yield (source, *r[:6], *r[7:], r.payload.decode())
 
 
-class _JsonbPayload(psycopg.adapt.Dumper):
-    """A payload that is already JSON bytes, as binary ``jsonb`` (format version 1).
-
-    psycopg's own jsonb dumper would serialize the bytes again, as one JSON
-    string; this one hands them over as they are, for the server to parse.
-    """
-
-    format = psycopg.pq.Format.BINARY
-    oid = psycopg.postgres.types["jsonb"].oid  # built in: the same on every server
-
-    def dump(self, obj: Any) -> bytes:
-        return b"\x01" + bytes(obj)
-
-
 def _copy_new(
     raw: psycopg.Connection[Any], source: str, records: Sequence[EventRecord], now: datetime
 ) -> bool:
     """COPY ``records`` straight into ``events``; False (nothing written) when
     one of them is already stored."""
+    version = _JSONB_VERSION
     with raw.cursor() as cur:
-        # On this cursor only: the jsonb column takes the payload bytes as they are.
-        cur.adapters.register_dumper(bytes, _JsonbPayload)
+        # The bytea dumper found by type is dbapi20's (Python, for ``Binary``);
+        # on this cursor, psycopg's own ``bytes`` dumper (C in psycopg[binary]).
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
         cur.execute("SAVEPOINT syncd_new_rows")
         try:
             with cur.copy(_PG_DIRECT) as copy:
                 copy.set_types(_DIRECT_TYPES)
+                write = copy.write_row
                 for r in records:
-                    copy.write_row((source, *r[:6], *r[7:], r.payload, now, now))
+                    write((source, *r[:6], *r[7:], version + r.payload, now, now))
         except psycopg.errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT syncd_new_rows")
             return False

@@ -78,6 +78,11 @@ def test_doorflow_every_contender_loads_every_event(admin_url: str) -> None:
         assert int(requests) == (6 if name == "dlt" else 5), output
     assert re.search(r"^syncd / dlt: \d+\.\d\dx events/s$", output, re.MULTILINE)
     assert re.search(r"^syncd / floor: \d+\.\d\dx events/s$", output, re.MULTILINE)
+    # syncd's table limit: syncd's own rows, COPYed server-side into events' shape.
+    seconds, _rate, _cpu, _db_cpu, _rss, requests = row(output, "limit")
+    assert float(seconds) > 0
+    assert int(requests) == 0
+    assert re.search(r"^syncd / table limit: \d+\.\d\dx events/s$", output, re.MULTILINE)
     if skipped:
         pytest.skip(f"Singer assertions: {skipped.group(0)}")
     assert re.search(r"^syncd / singer: \d+\.\d\dx events/s$", output, re.MULTILINE)
@@ -111,3 +116,11 @@ def test_intserv_dlt_with_continuation_keys(admin_url: str) -> None:
     assert int(row(output, "dlt")[-1]) == 3
     assert int(row(output, "syncd")[-1]) == 3
     assert "syncd / dlt:" in output
+    assert row(output, "limit")
+    assert "syncd / table limit:" in output
+
+
+def test_no_table_limit_without_syncd(admin_url: str) -> None:
+    output = compare(admin_url, "--events", "1000", "--only", "floor")
+    assert not re.search(r"^limit ", output, re.MULTILINE), output
+    assert "table limit" not in output, output

@@ -292,3 +292,36 @@ def test_a_later_migration_can_copy_the_tables_under_the_views(
         with engine.connect() as conn:
             for view in ("events_local", "sync_health", "door_state_latest"):
                 conn.execute(sa.text(f"SELECT * FROM {view}")).all()
+
+
+def _index_sql(engine: sa.Engine) -> dict[str, str]:
+    """Each events index's definition as the database holds it, lower case."""
+    if engine.dialect.name == "postgresql":
+        query = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"
+    else:
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+    with engine.connect() as conn:
+        return {name: (sql or "").lower() for name, sql in conn.exec_driver_sql(query)}
+
+
+def test_event_indexes_earn_their_cost(engine: sa.Engine) -> None:
+    """Migration 0011: by time a BRIN (PostgreSQL; SQLite has none), by person or
+    door a partial index: rows without one cost nothing to load."""
+    indexes = _index_sql(engine)
+    by_time = indexes["ix_events_occurred_at"]
+    if engine.dialect.name == "postgresql":
+        assert "using brin (occurred_at)" in by_time
+    else:
+        assert "(occurred_at)" in by_time
+    assert "person_id is not null" in indexes["ix_events_person_id_occurred_at"]
+    assert "door_id is not null" in indexes["ix_events_door_id_occurred_at"]
+
+
+def test_indexes_before_0011_come_back_on_downgrade(engine: sa.Engine) -> None:
+    migrate.downgrade(engine, "0006")
+    indexes = _index_sql(engine)
+    assert "brin" not in indexes["ix_events_occurred_at"]
+    assert "where" not in indexes["ix_events_person_id_occurred_at"]
+    assert "where" not in indexes["ix_events_door_id_occurred_at"]
+    migrate.upgrade(engine)
+    assert "door_id is not null" in _index_sql(engine)["ix_events_door_id_occurred_at"]
