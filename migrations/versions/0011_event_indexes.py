@@ -1,7 +1,7 @@
 """Event indexes that earn their load cost: a BRIN by time, partial person/door indexes.
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0010
 Create Date: 2026-12-07
 
 Every secondary index of ``events`` is maintained on every row a load
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0006"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
