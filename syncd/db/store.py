@@ -149,6 +149,7 @@ class SourceState:
     refresh_token: str | None = None
     reconciled_at: datetime | None = None
     refresh_token_origin: str | None = None  # sha256 of the configured token it descends from
+    pass_started_at: datetime | None = None  # when the newest pass (any process) began
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +522,11 @@ class Store:
                 )
             )
 
+    def record_pass_started(self, source: str, now: datetime) -> None:
+        """A pass of ``source`` begins (under its lock): replicas read it to skip a pass
+        that another process has just made (:func:`syncd.scheduler.pass_due`)."""
+        self._update_state(source, now, pass_started_at=now)
+
     def record_reconciled(self, source: str, now: datetime) -> None:
         self._update_state(source, now, reconciled_at=now)
 
@@ -742,6 +748,7 @@ def _state(row: sa.Row[Any]) -> SourceState:
         refresh_token=row.refresh_token,
         reconciled_at=row.reconciled_at,
         refresh_token_origin=row.refresh_token_origin,
+        pass_started_at=row.pass_started_at,
     )
 
 
