@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar, cast
 
+from syncd.threads import run_in_thread
+
 T = TypeVar("T")
 
 _END = object()
@@ -88,8 +90,8 @@ def prefetched_batches(
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="syncd-prefetch", daemon=True)
-    thread.start()
+    # A reused thread: one new thread per pass grew the daemon's RSS (syncd.threads).
+    produced = run_in_thread(produce, name="syncd-prefetch")
     held: object = None  # an item taken from the buffer that did not fit the last list
     try:
         while True:
@@ -102,7 +104,7 @@ def prefetched_batches(
             yield batch
     finally:
         stop.set()
-        thread.join()
+        produced.wait()
 
 
 def _fill(
