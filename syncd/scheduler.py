@@ -322,6 +322,10 @@ class PassScheduler:
     def _due(self, slot: _Slot, state: SourceState, now: datetime) -> bool:
         """The engine asks under the lock; a yes means this process begins the pass now."""
         if not pass_due(state, now, slot.last_started, slot.config.interval):
+            # Another process passed it: mirror what it achieved, so this
+            # replica's gauges (and backoff, should it take over) stay current.
+            slot.failures = state.consecutive_failures
+            self.metrics.set_state(slot.config.name, state.last_success_at, slot.failures)
             return False
         slot.last_started = now
         return True

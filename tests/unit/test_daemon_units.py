@@ -25,6 +25,7 @@ from syncd.engine import PassResult, run_pass
 from syncd.metrics import UNKNOWN_SOURCE, CountingTransport, Metrics
 from syncd.scheduler import (
     FIRST_PASS_SPREAD,
+    PassScheduler,
     backoff_delay,
     first_pass_offsets,
     next_pass_delay,
@@ -104,6 +105,37 @@ def test_a_due_check_that_says_no_skips_the_pass_and_sync_never_asks(sqlite_engi
     assert again.ok
     assert not again.skipped
     assert len(calls) > asked
+
+
+def test_a_replica_that_skips_mirrors_the_other_ones_outcome(sqlite_engine: Any) -> None:
+    """Gauges on the replica that skips follow what the passing one recorded."""
+    store = Store(sqlite_engine)
+    now = datetime.now(UTC)
+    store.record_success("hq", now - timedelta(seconds=30))
+    for _ in range(2):
+        store.record_failure("hq", "HTTP 503", now - timedelta(seconds=20))
+    store.record_pass_started("hq", now - timedelta(seconds=5))  # another process, just now
+    config = SourceConfig(
+        name="hq", kind="doorflow", base_url="http://doorflow.test", token=Secret("t0ken"),
+        interval=60,
+    )  # fmt: skip
+    metrics = Metrics()
+    scheduler = PassScheduler(
+        store,
+        [config],
+        workers=1,
+        metrics=metrics,
+        transport=lambda _c: httpx.MockTransport(lambda _r: httpx.Response(500)),
+    )
+    slot = scheduler._slots["hq"]
+    result = scheduler._pass(slot)
+    scheduler._finish(slot, result)
+    assert result.skipped
+    got = {(n, tuple(sorted(labels.items()))): v for n, labels, v in _series(_exposition(metrics))}
+    assert got[("syncd_consecutive_failures", (("source", "hq"),))] == 2
+    success = got[("syncd_last_success_timestamp_seconds", (("source", "hq"),))]
+    assert abs(success - (now - timedelta(seconds=30)).timestamp()) < 1
+    assert got[("syncd_passes_total", (("result", "skipped"), ("source", "hq")))] == 1
 
 
 def test_a_pass_failed_on_a_429_reports_the_wait_asked_for(sqlite_engine: Any) -> None:
