@@ -6,8 +6,10 @@ Runs ``syncd run`` twice against one DoorFlow simulator on loopback (its
 sources pass every ``--interval`` seconds, ``--rate`` new events a second):
 once as it starts by default (``syncd run`` caps the arenas at 2, see
 ``syncd/memory.py``), once with ``MALLOC_ARENA_MAX=16`` (glibc's default on
-two cores: 8 per core). Prints RSS every minute and the passes made; issue
-20 saw 86 -> 199 MB over 11,400 passes with the default arenas.
+two cores: 8 per core); ``--only env2`` runs with ``MALLOC_ARENA_MAX=2``
+from the environment (for a syncd that does not cap them itself). Prints RSS
+every minute and the passes made; issue 20 saw 86 -> 199 MB over 11,400
+passes with a new prefetch thread per pass and the default arenas.
 """
 
 from __future__ import annotations

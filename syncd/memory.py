@@ -2,12 +2,18 @@
 
 glibc gives a thread that meets contention in ``malloc`` an arena of its own,
 up to 8 per core, and rarely hands their freed memory back to the system. The
-daemon starts a short-lived thread per pass (the page prefetcher) on a pool of
-pass workers: over 11,400 passes of 10 sources its RSS grew from 86 to 199 MB
-with no growth of the Python heap, and stayed at 80-95 MB with
-``MALLOC_ARENA_MAX=2`` (issue 20; ``bench/daemon_rss.py`` measures it). Two
-arenas cost nothing measurable here: the threads spend their time in I/O and
-in Python, which holds the GIL around its own allocations anyway.
+daemon used to start a thread per pass (the page prefetcher): over 11,400
+passes of 10 sources its RSS grew from 86 to 199 MB with no growth of the
+Python heap, and stayed at 80-95 MB with ``MALLOC_ARENA_MAX=2`` (issue 20).
+The prefetcher's threads are reused now (:mod:`syncd.threads`); the cap is
+the second half of the fix: pass workers, webhook fetches and the HTTP
+server's threads still each get an arena. ``bench/daemon_rss.py`` measured,
+10 sources passing every 0.25 s with 4 new events a second, over 6 minutes on
+a busy 2-core machine: 105 -> 196 MB with a thread per pass and glibc's 16
+arenas, 97 -> 141 MB with reused threads, 89 -> 115 MB with reused threads
+and 2 arenas (part of that growth is the passes' pages growing with the
+lookback). Two arenas cost nothing measurable here: the threads spend their
+time in I/O and in Python, which holds the GIL around its own allocations.
 
 :func:`limit_malloc_arenas` sets that limit from inside the process (glibc's
 ``mallopt``), for every way the daemon is started; an explicit
