@@ -10,10 +10,11 @@ the second half of the fix: pass workers, webhook fetches and the HTTP
 server's threads still each get an arena. ``bench/daemon_rss.py`` measured,
 10 sources passing every 0.25 s with 4 new events a second, over 6 minutes on
 a busy 2-core machine: 105 -> 196 MB with a thread per pass and glibc's 16
-arenas, 97 -> 141 MB with reused threads, 89 -> 115 MB with reused threads
-and 2 arenas (part of that growth is the passes' pages growing with the
-lookback). Two arenas cost nothing measurable here: the threads spend their
-time in I/O and in Python, which holds the GIL around its own allocations.
+arenas, 97 -> 144 MB with reused threads, 87 -> 111 MB with a thread per pass
+and 2 arenas, 89 -> 118 MB with both (the rest of the growth is the passes'
+pages growing with the lookback in the first 15 minutes). Two arenas cost
+nothing measurable here: the threads spend their time in I/O and in Python,
+which holds the GIL around its own allocations.
 
 :func:`limit_malloc_arenas` sets that limit from inside the process (glibc's
 ``mallopt``), for every way the daemon is started; an explicit
