@@ -1,23 +1,27 @@
-"""What the BI views need from the configuration: ``sources`` and ``source_local_days``.
+"""What the BI views need from the configuration: ``sources`` and the zones' calendars.
 
 SQLite has no time-zone database, and a PostgreSQL ``AT TIME ZONE`` with the
 zone taken from a joined row cannot use an index for a filter on the local
 ``day``. So syncd computes the local calendar itself, from Python's
-``zoneinfo``, and keeps it in ``source_local_days``: for each source, one row
-per stretch of UTC time that lies in one local day at one UTC offset
+``zoneinfo``, and keeps it in ``zone_local_days``: for each time zone in use,
+one row per stretch of UTC time that lies in one local day at one UTC offset
 (``day``, ``valid_from``, ``valid_until``, ``utc_offset_seconds``), cut at UTC
 midnight too (``utc_date``). A local day is one or two rows (UTC midnight
 falls inside it unless the zone is UTC), one more with a daylight-saving
-change. The views join events
-to it (``valid_from <= occurred_at < valid_until``), so ``day`` is a plain
-column — a filter on it selects a few rows here and then index ranges of
-``events`` — and the local time of day is ``occurred_at + utc_offset_seconds``,
-never the session's TimeZone. The same definition runs on both databases.
+change. The views join events to their source's zone (``sources.timezone``)
+and to the calendar row that holds them (``valid_from <= occurred_at <
+valid_until``), so ``day`` is a plain column — a filter on it selects a few
+rows here and then index ranges of ``events`` — and the local time of day is
+``occurred_at + utc_offset_seconds``, never the session's TimeZone. The same
+definition runs on both databases.
 
-:func:`sync_sources` keeps both tables in step with the configuration; it is
-called by ``syncd migrate``, ``syncd sync`` and ``syncd run``. The calendar of
-a source is rewritten only when its zone, or the zone's rules (a newer
-tzdata), changed.
+The calendar is per time zone, not per source (issue 20): 1,000 sources in
+five zones store five calendars, so start-up and storage do not grow with
+the number of sources. :func:`sync_sources` keeps ``sources``,
+``time_zones`` and ``zone_local_days`` in step with the configuration; it is
+called by ``syncd migrate``, ``syncd sync`` and ``syncd run``. A zone's
+calendar is written once, and rewritten only when the zone's rules (a newer
+tzdata) or the calendar's span changed.
 """
 
 from __future__ import annotations
@@ -32,18 +36,20 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from syncd.config import SourceConfig
-from syncd.db.schema import source_local_days, sources, sync_state
+from syncd.db.schema import sources, sync_state, time_zones, zone_local_days
 
 __all__ = [
     "CALENDAR_END",
     "CALENDAR_START",
     "LocalDay",
     "SourceSettings",
+    "calendar_digest",
     "local_days",
     "sync_sources",
     "transitions",
@@ -51,8 +57,11 @@ __all__ = [
 ]
 
 # The span the calendar covers; an event outside it has no local day (and is
-# absent from the views that need one). About 95k rows per source.
-CALENDAR_START = datetime(1970, 1, 1, tzinfo=UTC)
+# absent from the views that need one). No access-control cloud API serves
+# events from before 2000 (an earlier stamp is a controller's reset clock), and
+# the zones' rules that far ahead are projections anyway. About 73k rows per
+# zone (36.5k for UTC and other zones whose midnight is UTC midnight).
+CALENDAR_START = datetime(2000, 1, 1, tzinfo=UTC)
 CALENDAR_END = datetime(2100, 1, 1, tzinfo=UTC)
 # Advisory lock key of sync_sources (any constant apart from the per-source pass locks).
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd.sync_sources").digest()[:8], "big", signed=True)
@@ -61,7 +70,7 @@ _STEP = timedelta(days=1)  # no zone changes its offset twice within a day (tzdb
 
 @dataclass(frozen=True)
 class LocalDay:
-    """One row of ``source_local_days``: [valid_from, valid_until) is local ``day``.
+    """One row of ``zone_local_days``: [valid_from, valid_until) is local ``day``.
 
     A row never crosses a UTC midnight either (``utc_date``): the views join
     on ``utc_date`` = the event's UTC date, an equality PostgreSQL estimates
@@ -175,48 +184,96 @@ def zone_digest(zone_name: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: datetime) -> int:
-    """Write the configured sources to ``sources`` and their calendars; return calendars rewritten.
+def calendar_digest(zone_name: str) -> str:
+    """What a stored calendar was computed from: the zone's rules and the span.
 
-    A source that is no longer configured keeps its row (its events still
-    have a time zone); one that has a ``sync_state`` row but was never
-    configured here gets UTC and the default business hours, so its events
-    still appear in the views.
+    A newer tzdata, or a release that changes the span, rewrites the calendar.
+    """
+    span = f"{CALENDAR_START:%Y%m%d}-{CALENDAR_END:%Y%m%d}"
+    return f"{zone_digest(zone_name)}:{span}"
+
+
+def sync_sources(engine: sa.Engine, configs: Sequence[SourceConfig], now: datetime) -> int:
+    """Write the configured sources to ``sources`` and their zones' calendars.
+
+    Returns how many sources' local calendars changed (a new source, a new
+    zone for a source, or a rewritten calendar of its zone). A source that is
+    no longer configured keeps its row (its events still have a time zone);
+    one that has a ``sync_state`` row but was never configured here gets UTC
+    and the default business hours, so its events still appear in the views.
+    A zone no source uses any more keeps its calendar (a few MB at most).
     """
     wanted = {c.name: SourceSettings.of(c) for c in configs}
-    rewritten = 0
     with engine.begin() as conn:
         _one_writer(conn)
         stored = {row.source: row for row in conn.execute(sa.select(sources))}
         for name in conn.execute(sa.select(sync_state.c.source)).scalars():
             if name not in wanted and name not in stored:
                 wanted[name] = SourceSettings(name, "", "UTC", time(6), time(21))
-        for name, settings in wanted.items():
-            digest = zone_digest(settings.timezone)
-            row = stored.get(name)
-            values = {
-                "kind": settings.kind or (row.kind if row else None) or None,
-                "timezone": settings.timezone,
-                "business_hours_start": settings.business_hours_start,
-                "business_hours_end": settings.business_hours_end,
-                "calendar_digest": digest,
-            }
-            if row is None:
-                conn.execute(sa.insert(sources).values(source=name, updated_at=now, **values))
-            elif any(getattr(row, key) != value for key, value in values.items()):
-                conn.execute(
-                    sa.update(sources)
-                    .where(sources.c.source == name)
-                    .values(updated_at=now, **values)
-                )
-            if row is None or row.calendar_digest != digest:
-                _write_calendar(conn, name, _rules(settings.timezone))
-                rewritten += 1
-        if rewritten and conn.dialect.name == "postgresql":
-            # Fresh statistics at once (autovacuum may take minutes): without
-            # them the planner scans the calendar instead of using its index.
-            conn.exec_driver_sql("ANALYZE source_local_days")
+        rewritten = _write_calendars(conn, {s.timezone for s in wanted.values()}, now)
+        changed = _write_settings(conn, wanted, stored, now)
+    return len(changed | {name for name, s in wanted.items() if s.timezone in rewritten})
+
+
+def _write_calendars(conn: sa.Connection, zones: set[str], now: datetime) -> set[str]:
+    """Write the calendar of each zone that has none or an outdated one; return those."""
+    held = {row.timezone: row.calendar_digest for row in conn.execute(sa.select(time_zones))}
+    rewritten = set()
+    for zone in sorted(zones):
+        digest = calendar_digest(zone)
+        if held.get(zone) == digest:
+            continue
+        _write_calendar(conn, zone, _rules(zone))
+        if zone in held:
+            conn.execute(
+                sa.update(time_zones)
+                .where(time_zones.c.timezone == zone)
+                .values(calendar_digest=digest, updated_at=now)
+            )
+        else:
+            conn.execute(
+                sa.insert(time_zones).values(timezone=zone, calendar_digest=digest, updated_at=now)
+            )
+        rewritten.add(zone)
+    if rewritten and conn.dialect.name == "postgresql":
+        # Fresh statistics at once (autovacuum may take minutes): without
+        # them the planner scans the calendar instead of using its index.
+        conn.exec_driver_sql("ANALYZE zone_local_days")
     return rewritten
+
+
+def _write_settings(
+    conn: sa.Connection,
+    wanted: dict[str, SourceSettings],
+    stored: dict[str, sa.Row[Any]],
+    now: datetime,
+) -> set[str]:
+    """Insert or update each source's row; return the sources new or in another zone.
+
+    New rows go in batched statements: 1,000 sources are a few round trips.
+    """
+    new: list[dict[str, Any]] = []
+    moved = set()
+    for name, settings in wanted.items():
+        row = stored.get(name)
+        values = {
+            "kind": settings.kind or (row.kind if row else None) or None,
+            "timezone": settings.timezone,
+            "business_hours_start": settings.business_hours_start,
+            "business_hours_end": settings.business_hours_end,
+        }
+        if row is None:
+            new.append({"source": name, "updated_at": now, **values})
+            moved.add(name)
+        elif any(getattr(row, key) != value for key, value in values.items()):
+            conn.execute(
+                sa.update(sources).where(sources.c.source == name).values(updated_at=now, **values)
+            )
+            if row.timezone != settings.timezone:
+                moved.add(name)
+    for chunk in range(0, len(new), 500):
+        conn.execute(sa.insert(sources), new[chunk : chunk + 500])
+    return moved
 
 
 def _one_writer(conn: sa.Connection) -> None:
@@ -235,9 +292,10 @@ def _one_writer(conn: sa.Connection) -> None:
 
 
 def _write_calendar(
-    conn: sa.Connection, source: str, changes: Sequence[tuple[datetime, int]]
+    conn: sa.Connection, zone: str, changes: Sequence[tuple[datetime, int]]
 ) -> None:
-    conn.execute(sa.delete(source_local_days).where(source_local_days.c.source == source))
+    """The zone's calendar in one statement (the spans expanded in SQL)."""
+    conn.execute(sa.delete(zone_local_days).where(zone_local_days.c.timezone == zone))
     dialect = conn.dialect.name
     spell = _sqlite_instant if dialect == "sqlite" else datetime.isoformat
     ends = [*(when for when, _ in changes[1:]), CALENDAR_END]
@@ -246,7 +304,7 @@ def _write_calendar(
     ]
     conn.execute(
         sa.text(QUERIES[f"write_calendar_{dialect}"]),
-        {"source": source, "spans": json.dumps(spans)},
+        {"timezone": zone, "spans": json.dumps(spans)},
     )
 
 

@@ -1,14 +1,14 @@
 -- Named queries of syncd/bi.py (loaded by name; see syncd.bi.QUERIES).
 --
 -- Both expand a zone's offset spans (a, b, o): [a, b) at UTC offset o seconds,
--- passed as one JSON array of {a, b, o}, into the rows of source_local_days:
+-- passed as one JSON array of {a, b, o}, into the rows of zone_local_days:
 -- the span cut at every local midnight and every UTC midnight. Done in SQL
--- because 95k rows a source are many round trips from Python; this is one
+-- because ~70k rows a zone are many round trips from Python; this is one
 -- statement.
 
 -- name: write_calendar_postgresql
-INSERT INTO source_local_days (source, day, utc_date, valid_from, valid_until, utc_offset_seconds)
-SELECT :source, piece.day, CAST(piece.valid_from AT TIME ZONE 'UTC' AS date), piece.valid_from,
+INSERT INTO zone_local_days (timezone, day, utc_date, valid_from, valid_until, utc_offset_seconds)
+SELECT :timezone, piece.day, CAST(piece.valid_from AT TIME ZONE 'UTC' AS date), piece.valid_from,
        piece.valid_until, piece.o
 FROM (
     SELECT
@@ -71,7 +71,7 @@ piece (day, valid_from, valid_until, o) AS (
         o
     FROM local CROSS JOIN (SELECT 0 AS k UNION ALL SELECT 1)
 )
-INSERT INTO source_local_days (source, day, utc_date, valid_from, valid_until, utc_offset_seconds)
-SELECT :source, day, date(valid_from), valid_from, valid_until, o
+INSERT INTO zone_local_days (timezone, day, utc_date, valid_from, valid_until, utc_offset_seconds)
+SELECT :timezone, day, date(valid_from), valid_from, valid_until, o
 FROM piece
 WHERE valid_from < valid_until

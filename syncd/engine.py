@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+DueCheck = Callable[[SourceState, datetime], bool]
 EventHooks = Mapping[str, list[Callable[..., Any]]]
 
 
@@ -347,11 +348,15 @@ def run_pass(
     transport: httpx.BaseTransport | None = None,
     stop: threading.Event | None = None,
     runtime: SourceRuntime | None = None,
+    due: DueCheck | None = None,
 ) -> PassResult:
     """Run one incremental pass of ``config``'s source; never raises for its failures.
 
     ``runtime`` is the source's long-lived runtime (the daemon's); without
-    one, a runtime is built for this pass and closed after it. Any exception
+    one, a runtime is built for this pass and closed after it. ``due`` (the
+    daemon's) is asked under the lock, with the stored state and now, whether
+    the pass is still due: another replica may have just made it, and then
+    this one is skipped. Without it (``syncd sync``) the pass always runs. Any exception
     in the pass, expected or not, is recorded as this source's failure
     (``sync_state.last_error``) and returned, so one source never stops
     another.
@@ -362,7 +367,7 @@ def run_pass(
         if not acquired:
             log.info("pass_skipped", source=config.name, reason="locked by another process")
             return PassResult(config.name, ok=True, skipped=True, kind=config.kind)
-        return _locked_pass(store, config, clock, transport, stop, runtime)
+        return _locked_pass(store, config, clock, transport, stop, runtime, due)
 
 
 def _is_paused(store: Store, source: str) -> bool:
@@ -383,16 +388,22 @@ def _locked_pass(
     transport: httpx.BaseTransport | None,
     stop: threading.Event | None,
     runtime: SourceRuntime | None,
+    due: DueCheck | None = None,
 ) -> PassResult:
     started = time.perf_counter()
     now = clock()
     progress = Progress()
     # Read after the lock is held: another replica may have just moved it.
     state = store.load_state(config.name)
+    if due is not None and not due(state, now):
+        log.info("pass_skipped", source=config.name, reason="passed by another process")
+        return PassResult(config.name, ok=True, skipped=True, kind=config.kind)
     log.info("pass_started", source=config.name, kind=config.kind, cursor=state.cursor)
     own = runtime is None
     reconciled = None
     try:
+        # Every pass says when it began, so replicas can tell it is done this round.
+        store.record_pass_started(config.name, now)
         if runtime is None:
             # The pass's stop ends its retry waits too (a daemon's runtime
             # comes with its own stop wired in).

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar, cast
 
+from syncd.threads import run_in_thread
+
 T = TypeVar("T")
 
 _END = object()
@@ -98,8 +100,8 @@ def prefetched_batches(
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="syncd-prefetch", daemon=True)
-    thread.start()
+    # A reused thread: one new thread per pass grew the daemon's RSS (syncd.threads).
+    produced = run_in_thread(produce, name="syncd-prefetch")
     held: object = None  # an item taken from the buffer that did not fit the last list
     try:
         while True:
@@ -116,7 +118,7 @@ def prefetched_batches(
         done.set()
         # Bounded: a producer inside a request ends at its deadline, and is a
         # daemon thread either way; a shutdown never waits on it.
-        thread.join(JOIN_WAIT)
+        produced.wait(JOIN_WAIT)
 
 
 def _next(buffer: queue.Queue[object], stop: threading.Event | None) -> object | None:

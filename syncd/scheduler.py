@@ -8,7 +8,10 @@ one source in this process), coalesced, on a thread pool of ``[daemon]
 workers``. Replicas never share a job store (APScheduler's FAQ: that runs
 jobs twice); they coordinate through the source lock the engine takes
 (PostgreSQL advisory lock), so a source whose lock another process holds is
-skipped this round and picked up by whoever is free next round.
+skipped this round and picked up by whoever is free next round. A replica
+that gets the lock just after another finished re-checks under it that the
+pass is still due (:func:`pass_due`), so all replicas together make one pass
+per source per interval.
 
 Each source keeps one :class:`~syncd.engine.SourceRuntime` for the life of
 the process (HTTP client and pool, credentials and access token, retry
@@ -41,7 +44,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.config import SourceConfig
 from syncd.db.schema import events
-from syncd.db.store import Store
+from syncd.db.store import SourceState, Store
 from syncd.engine import PassResult, SourceRuntime, describe_error, run_pass, utcnow
 from syncd.metrics import CountingTransport, Metrics
 from syncd.sources.http import RetryHooks
@@ -58,6 +61,10 @@ JITTER_SHARE = 0.1
 BACKOFF_MAX_FACTOR = 5.0
 BACKOFF_MAX_SECONDS = 300.0
 WATCH_EVERY = 0.5  # seconds between watchdog looks at running passes
+# A pass another process began less than this share of the source's wait ago
+# is this round's pass: above the jitter (each replica's own fire times drift
+# by up to JITTER_SHARE of the interval), well below the next round.
+DUE_SHARE = 0.8
 
 TransportFactory = Callable[[SourceConfig], httpx.BaseTransport]
 
@@ -104,6 +111,29 @@ def next_pass_delay(
     return max(delay, min(retry_after, max_wait))
 
 
+def pass_due(
+    state: SourceState,
+    now: datetime,
+    own_last: datetime | None,
+    interval: float,
+) -> bool:
+    """Whether this process should pass a source now, given its stored state.
+
+    ``state.pass_started_at`` is when the newest pass began, in any process;
+    ``own_last`` when this process last began one. The newest pass being our
+    own means our schedule decides (it fired: the pass is due, even if the
+    worker pool ran the last one late). One begun by another process less
+    than :data:`DUE_SHARE` of the wait ago was this round's: skip. The wait
+    is the interval, or the failure backoff while the source fails, so
+    replicas share a failing source's backoff too.
+    """
+    last = state.pass_started_at
+    if last is None or last == own_last:
+        return True
+    wait = backoff_delay(state.consecutive_failures, interval)
+    return (now - last).total_seconds() >= DUE_SHARE * wait
+
+
 def first_pass_offsets(intervals: Sequence[float], rng: random.Random) -> list[float]:
     """When each source's first pass starts (seconds from now): spread, soon."""
     return [rng.uniform(0.0, min(interval, FIRST_PASS_SPREAD)) for interval in intervals]
@@ -117,6 +147,7 @@ class _Slot:
     stop: threading.Event = field(default_factory=threading.Event)
     opening: threading.Lock = field(default_factory=threading.Lock)
     runtime: SourceRuntime | None = None
+    last_started: datetime | None = None  # when this process last began a pass
     failures: int = 0
     started: float | None = None
     cancelled: bool = False
@@ -272,7 +303,14 @@ class PassScheduler:
         config = slot.config
         try:
             runtime = self.runtime(config.name)
-            return run_pass(self.store, config, clock=self.clock, stop=slot.stop, runtime=runtime)
+            return run_pass(
+                self.store,
+                config,
+                clock=self.clock,
+                stop=slot.stop,
+                runtime=runtime,
+                due=lambda state, now: self._due(slot, state, now),
+            )
         except Exception as exc:  # the database is down, or the runtime cannot be built
             log.warning(
                 "pass_failed",
@@ -281,6 +319,17 @@ class PassScheduler:
                 error=describe_error(exc),
             )
             return PassResult(config.name, ok=False, error=describe_error(exc), kind=config.kind)
+
+    def _due(self, slot: _Slot, state: SourceState, now: datetime) -> bool:
+        """The engine asks under the lock; a yes means this process begins the pass now."""
+        if not pass_due(state, now, slot.last_started, slot.config.interval):
+            # Another process passed it: mirror what it achieved, so this
+            # replica's gauges (and backoff, should it take over) stay current.
+            slot.failures = state.consecutive_failures
+            self.metrics.set_state(slot.config.name, state.last_success_at, slot.failures)
+            return False
+        slot.last_started = now
+        return True
 
     def _finish(self, slot: _Slot, result: PassResult) -> None:
         if slot.cancelled:

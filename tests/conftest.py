@@ -27,7 +27,8 @@ TABLES = (
     "sync_state",
     "rejected_events",
     "sources",
-    "source_local_days",
+    "zone_local_days",
+    "time_zones",
     "backfill_windows",
 )
 

@@ -128,6 +128,8 @@ sync_state = sa.Table(
     sa.Column("paused_at", UTCDateTime()),
     sa.Column("paused_reason", sa.Text()),
     sa.Column("paused_by", sa.Text()),
+    # migration 0008: when the newest pass began, whichever process made it
+    sa.Column("pass_started_at", UTCDateTime()),
 )
 
 rejected_events = sa.Table(
@@ -166,8 +168,9 @@ event_codes = sa.Table(
     sa.Column("note", sa.Text()),
 )
 
-# BI (migration 0003): the configured settings of each source, and its local
-# calendar (see syncd/bi.py for why a table and not AT TIME ZONE).
+# BI (migration 0003): the configured settings of each source; (migration
+# 0008) the local calendar of each time zone in use and what it was computed
+# from (see syncd/bi.py for why a table and not AT TIME ZONE).
 sources = sa.Table(
     "sources",
     metadata,
@@ -176,20 +179,27 @@ sources = sa.Table(
     sa.Column("timezone", sa.Text(), nullable=False),
     sa.Column("business_hours_start", sa.Time(), nullable=False),
     sa.Column("business_hours_end", sa.Time(), nullable=False),
-    sa.Column("calendar_digest", sa.Text()),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
-source_local_days = sa.Table(
-    "source_local_days",
+time_zones = sa.Table(
+    "time_zones",
     metadata,
-    sa.Column("source", sa.Text(), primary_key=True),
+    sa.Column("timezone", sa.Text(), primary_key=True),
+    sa.Column("calendar_digest", sa.Text(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+zone_local_days = sa.Table(
+    "zone_local_days",
+    metadata,
+    sa.Column("timezone", sa.Text(), primary_key=True),
     sa.Column("day", sa.Date(), primary_key=True),
     sa.Column("valid_from", UTCDateTime(), primary_key=True),
     sa.Column("utc_date", sa.Date(), nullable=False),
     sa.Column("valid_until", UTCDateTime(), nullable=False),
     sa.Column("utc_offset_seconds", sa.Integer(), nullable=False),
-    sa.Index("ix_source_local_days_source_utc_date", "source", "utc_date"),
+    sa.Index("ix_zone_local_days_timezone_utc_date", "timezone", "utc_date"),
 )
 
 # Indexes on expressions, created by migrations and left out of autogenerate's

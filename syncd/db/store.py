@@ -161,6 +161,7 @@ class SourceState:
     paused_at: datetime | None = None  # `syncd pause` (syncd.db.pauses)
     paused_reason: str | None = None
     paused_by: str | None = None
+    pass_started_at: datetime | None = None  # when the newest pass (any process) began
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +531,11 @@ class Store:
                 )
             )
 
+    def record_pass_started(self, source: str, now: datetime) -> None:
+        """A pass of ``source`` begins (under its lock): replicas read it to skip a pass
+        that another process has just made (:func:`syncd.scheduler.pass_due`)."""
+        self._update_state(source, now, pass_started_at=now)
+
     def record_reconciled(self, source: str, now: datetime) -> None:
         self._update_state(source, now, reconciled_at=now)
 
@@ -825,6 +831,7 @@ def _state(row: sa.Row[Any]) -> SourceState:
         paused_at=row.paused_at,
         paused_reason=row.paused_reason,
         paused_by=row.paused_by,
+        pass_started_at=row.pass_started_at,
     )
 
 

@@ -29,8 +29,8 @@ def settings_in_db(url: str) -> list[tuple[object, ...]]:
         rows = conn.execute(
             sa.text(
                 "SELECT s.source, s.kind, s.timezone, s.business_hours_start, "
-                "s.business_hours_end, (SELECT count(*) FROM source_local_days d "
-                "WHERE d.source = s.source AND d.day = '2026-10-25') FROM sources s"
+                "s.business_hours_end, (SELECT count(*) FROM zone_local_days d "
+                "WHERE d.timezone = s.timezone AND d.day = '2026-10-25') FROM sources s"
             )
         )
         result = [tuple(str(v) for v in row) for row in rows]

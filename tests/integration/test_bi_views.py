@@ -25,7 +25,7 @@ from syncd.bi import LocalDay, local_days, sync_sources
 from syncd.config import SourceConfig
 from syncd.db import migrate
 from syncd.db.engine import create_engine
-from syncd.db.schema import source_local_days
+from syncd.db.schema import zone_local_days
 from syncd.db.store import Store
 from syncd.records import EventRecord, RejectedRecord
 from tests.conftest import empty_tables as empty
@@ -420,7 +420,7 @@ def test_the_views_have_the_contract_columns(bi: sa.Engine) -> None:
 def test_the_calendar_written_by_sql_is_the_python_one(engine: sa.Engine, zone: str) -> None:
     site = replace(STO, name="cal", timezone=zone)
     assert sync_sources(engine, [site], NOW) == 1
-    table = source_local_days
+    table = zone_local_days
     query = (
         sa.select(
             table.c.day,
@@ -429,7 +429,7 @@ def test_the_calendar_written_by_sql_is_the_python_one(engine: sa.Engine, zone: 
             table.c.valid_until,
             table.c.utc_offset_seconds,
         )
-        .where(table.c.source == "cal")
+        .where(table.c.timezone == zone)
         .order_by(table.c.valid_from)
     )
     with engine.connect() as conn:
@@ -462,10 +462,9 @@ def test_concurrent_callers_write_each_source_once(engine: sa.Engine) -> None:
     assert errors == []
     counted = rows(
         engine,
-        "SELECT source, count(*) FROM source_local_days WHERE source IN ('one', 'two') "
-        "GROUP BY source ORDER BY source",
+        "SELECT timezone, count(*) FROM zone_local_days GROUP BY timezone ORDER BY timezone",
     )
     assert counted == [
-        ("one", len(list(local_days(STO.timezone)))),
-        ("two", len(list(local_days(NYC.timezone)))),
+        (NYC.timezone, len(list(local_days(NYC.timezone)))),
+        (STO.timezone, len(list(local_days(STO.timezone)))),
     ]

@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from syncd.config import Secret, SourceConfig
@@ -112,6 +113,56 @@ def test_two_daemons_share_ten_sources_without_overlap_and_one_takes_over(
         # Both did real work on the same sources, kept apart by the lock alone.
         assert sum(len(s) for s in spans_a.values()) >= 3
         assert sum(len(s) for s in spans_b.values()) >= 3
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_replicas_make_one_pass_per_source_per_interval_in_all(
+    pg_engine: sa.Engine, pg_url: str, tmp_path: Path, replicas: int
+) -> None:
+    """Issue 20: a replica that takes the lock just after another passed the source
+    skips it, so N replicas cost the vendor what one does (list requests counted at
+    the simulator)."""
+    interval = 2.0
+    window = 16.0
+    with DoorFlowSimulator(seed=67, history=50) as sim:
+        ports = [free_port() for _ in range(replicas)]
+        sources = [
+            source_toml(name, "doorflow", sim.base_url, token_env="T", interval=interval)
+            for name in SOURCES
+        ]
+        config = write_config(tmp_path / "syncd.toml", ports[0], sources, workers=4)
+        with ExitStack() as stack:
+            daemons = [
+                stack.enter_context(
+                    running_daemon(
+                        config,
+                        pg_url,
+                        port,
+                        {"T": sim.token},
+                        extra_args=("--migrate", "--listen", f"127.0.0.1:{port}"),
+                    )
+                )
+                for port in ports
+            ]
+
+            def every_source_passed() -> bool:
+                done = {e["source"] for d in daemons for e in d.events("pass_finished")}
+                return done >= set(SOURCES)
+
+            wait_for(every_source_passed, 60, "a first pass of every source", every=0.5)
+            time.sleep(interval)  # the first passes (history) are behind us
+            before, started = sim.stats.get("pages", 0), time.monotonic()
+            time.sleep(window)
+            lists, elapsed = sim.stats.get("pages", 0) - before, time.monotonic() - started
+            skipped = sum(len(d.events("pass_skipped")) for d in daemons)
+            for daemon in daemons:
+                assert daemon.stop() == 0
+    # One quiet pass is one list request; the fire times drift by up to 10 %.
+    rounds = elapsed / interval
+    expected = len(SOURCES) * rounds
+    assert lists <= 1.25 * expected, (lists, expected, replicas)
+    assert lists >= 0.75 * expected / 1.1, (lists, expected, replicas)
+    assert skipped > 0
 
 
 def test_a_pass_whose_lock_connection_dies_commits_no_further_page(pg_engine: sa.Engine) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,10 +20,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.config import Secret, SourceConfig
-from syncd.db.store import Store, WriteResult
+from syncd.db.store import SourceState, Store, WriteResult
 from syncd.engine import PassResult, run_pass
 from syncd.metrics import UNKNOWN_SOURCE, CountingTransport, Metrics
-from syncd.scheduler import FIRST_PASS_SPREAD, backoff_delay, first_pass_offsets, next_pass_delay
+from syncd.scheduler import (
+    FIRST_PASS_SPREAD,
+    PassScheduler,
+    backoff_delay,
+    first_pass_offsets,
+    next_pass_delay,
+    pass_due,
+)
 from syncd.sources.http import RETRY_REASONS
 from syncd.web import App, Routes, make_server
 
@@ -43,6 +50,92 @@ def test_a_pass_that_ended_on_a_429_is_not_followed_before_its_retry_after() -> 
     assert next_pass_delay(1, 1.0, 2.0, 60.0) == 2.0  # was 1 s: before the vendor's wait
     assert next_pass_delay(3, 1.0, 2.0, 60.0) == 4.0  # the backoff is longer: kept
     assert next_pass_delay(1, 10.0, 3600.0, 60.0) == 60.0  # capped like a wait in a pass
+
+
+def test_a_pass_another_process_began_this_round_is_not_due() -> None:
+    now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+
+    def state(ago: float | None, failures: int = 0) -> SourceState:
+        began = None if ago is None else now - timedelta(seconds=ago)
+        return SourceState("hq", {}, consecutive_failures=failures, pass_started_at=began)
+
+    assert pass_due(state(None), now, None, 60)  # never passed
+    assert not pass_due(state(10), now, None, 60)  # another process, this round
+    assert not pass_due(state(47), now, None, 60)  # under 80 % of the interval
+    assert pass_due(state(48), now, None, 60)  # the next round (fire times drift <= 10 %)
+    # Our own pass: our schedule decides, even when the pool ran the last one late.
+    assert pass_due(state(10), now, now - timedelta(seconds=10), 60)
+    assert not pass_due(state(10), now, now - timedelta(seconds=70), 60)  # another since
+    # A failing source: replicas wait out its backoff (3 failures: 4 intervals).
+    assert not pass_due(state(180, failures=3), now, None, 60)
+    assert pass_due(state(200, failures=3), now, None, 60)
+
+
+def test_a_due_check_that_says_no_skips_the_pass_and_sync_never_asks(sqlite_engine: Any) -> None:
+    """The daemon's re-check under the lock; ``syncd sync`` (no check) always passes."""
+    store = Store(sqlite_engine)
+    calls: list[int] = []
+
+    def listing(_request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(200, json=[], headers={"Total": "0"})
+
+    config = SourceConfig(
+        name="hq", kind="doorflow", base_url="http://doorflow.test", token=Secret("t0ken"),
+    )  # fmt: skip
+    transport = httpx.MockTransport(listing)
+    first = run_pass(store, config, transport=transport)
+    assert first.ok
+    assert not first.skipped
+    began = store.load_state("hq").pass_started_at
+    assert began is not None
+    seen: list[SourceState] = []
+
+    def not_due(state: SourceState, _now: datetime) -> bool:
+        seen.append(state)
+        return False
+
+    skipped = run_pass(store, config, transport=transport, due=not_due)
+    assert skipped.skipped
+    assert skipped.ok
+    assert seen[0].pass_started_at == began
+    assert store.load_state("hq").pass_started_at == began  # a skip records no pass
+    asked = len(calls)
+    again = run_pass(store, config, transport=transport)  # a sync right after: runs
+    assert again.ok
+    assert not again.skipped
+    assert len(calls) > asked
+
+
+def test_a_replica_that_skips_mirrors_the_other_ones_outcome(sqlite_engine: Any) -> None:
+    """Gauges on the replica that skips follow what the passing one recorded."""
+    store = Store(sqlite_engine)
+    now = datetime.now(UTC)
+    store.record_success("hq", now - timedelta(seconds=30))
+    for _ in range(2):
+        store.record_failure("hq", "HTTP 503", now - timedelta(seconds=20))
+    store.record_pass_started("hq", now - timedelta(seconds=5))  # another process, just now
+    config = SourceConfig(
+        name="hq", kind="doorflow", base_url="http://doorflow.test", token=Secret("t0ken"),
+        interval=60,
+    )  # fmt: skip
+    metrics = Metrics()
+    scheduler = PassScheduler(
+        store,
+        [config],
+        workers=1,
+        metrics=metrics,
+        transport=lambda _c: httpx.MockTransport(lambda _r: httpx.Response(500)),
+    )
+    slot = scheduler._slots["hq"]
+    result = scheduler._pass(slot)
+    scheduler._finish(slot, result)
+    assert result.skipped
+    got = {(n, tuple(sorted(labels.items()))): v for n, labels, v in _series(_exposition(metrics))}
+    assert got[("syncd_consecutive_failures", (("source", "hq"),))] == 2
+    success = got[("syncd_last_success_timestamp_seconds", (("source", "hq"),))]
+    assert abs(success - (now - timedelta(seconds=30)).timestamp()) < 1
+    assert got[("syncd_passes_total", (("result", "skipped"), ("source", "hq")))] == 1
 
 
 def test_a_pass_failed_on_a_429_reports_the_wait_asked_for(sqlite_engine: Any) -> None:
