@@ -138,6 +138,10 @@ class Metrics:
         self.pass_duration.labels(result.kind).observe(result.duration_s)
         self.wrote(source, result.written.inserted, result.written.updated)
         self.events_rejected.labels(source).inc(result.written.rejected)
+        if result.reconciled is not None:  # the pass's scheduled reconciliation wrote too
+            done = result.reconciled.written
+            self.wrote(source, done.inserted, done.updated)
+            self.events_rejected.labels(source).inc(done.rejected)
         if result.ok:
             self.last_success.labels(source).set(now.timestamp())
 

@@ -163,10 +163,10 @@ def save_position(
     events: int,
     now: datetime,
 ) -> None:
-    """Inside a page's transaction: the window's position, its count, done on the last page."""
+    """Inside a page's transaction: the window's position, its running count, done at the end."""
     values: dict[str, Any] = {
         "position": position,
-        "events": bw.c.events + events,
+        "events": events,
         "updated_at": now,
     }
     if position.get("done"):
