@@ -104,7 +104,8 @@ class Metrics:
         )
         self.webhook_notifications = Counter(
             "syncd_webhook_notifications",
-            "Webhook notifications by outcome (fetched, ignored, not_an_event_change, abandoned).",
+            "Webhook notifications by outcome "
+            "(fetched, deleted, ignored, not_an_event_change, abandoned).",
             ["source", "outcome"],
             registry=r,
         )

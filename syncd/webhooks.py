@@ -67,6 +67,15 @@ class Notification:
             and self.resource_id is not None
         )
 
+    @property
+    def destroys_event(self) -> bool:
+        """A ``DESTROY`` of an event: marked deleted (``events.deleted_at``), never fetched."""
+        return (
+            self.resource_type == "Event"
+            and self.action == "DESTROY"
+            and self.resource_id is not None
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -213,8 +222,11 @@ class WebhookFetcher:
 
     def submit(self, source: str, notifications: Sequence[Notification]) -> None:
         fetch = [n for n in notifications if n.fetchable]
+        destroyed = [n for n in notifications if n.destroys_event]
+        if destroyed and not self.stop.is_set():
+            self._pool.submit(self._mark_deleted, source, destroyed)
         for note in notifications:
-            if not note.fetchable:
+            if not note.fetchable and not note.destroys_event:
                 outcome = "ignored" if note.resource_id is None else "not_an_event_change"
                 self.metrics.webhook_notifications.labels(source, outcome).inc()
                 log.info(
@@ -231,6 +243,17 @@ class WebhookFetcher:
     def close(self) -> None:
         """Stop taking work; what is in flight ends at its next wait (``stop`` is set)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _mark_deleted(self, source: str, notes: list[Notification]) -> None:
+        """DESTROY: the vendor deleted the event; its row stays, ``deleted_at`` is set."""
+        keys = [str(n.resource_id) for n in notes]
+        try:
+            marked = self.store.mark_deleted(source, keys, self.clock())
+        except Exception as exc:  # a worker never dies; a complete re-read marks it later
+            log.warning("webhook_delete_failed", source=source, error=describe_error(exc))
+            return
+        self.metrics.webhook_notifications.labels(source, "deleted").inc(len(notes))
+        log.info("webhook_events_deleted", source=source, events=len(keys), marked=marked)
 
     def _work(self, source: str, notes: list[Notification]) -> None:
         try:
