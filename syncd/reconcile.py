@@ -46,6 +46,7 @@ scope, so reconciliation there reports "not needed" and makes no request.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -142,6 +143,19 @@ def split(since: datetime, until: datetime) -> datetime:
     return middle if middle > since else since + MIN_SPAN
 
 
+def bisection_cost(differ: int, vendor: int, page_size: int) -> int:
+    """What finding ``differ`` differences in a span of ``vendor`` events costs, at least.
+
+    Each needs its own path of splits (three probes each) down to a span of
+    :data:`REREAD_PAGES` pages and that span's re-read, as long as they lie
+    apart. When that already exceeds a plain re-read, reconciliation re-reads
+    at once.
+    """
+    depth = max(0, math.ceil(math.log2(max(1.0, vendor / (REREAD_PAGES * page_size)))))
+    leaf = pages_for(min(vendor, REREAD_PAGES * page_size), page_size)
+    return differ * (3 * depth + leaf)
+
+
 def pages_for(count: int, page_size: int) -> int:
     """Listing pages a window read of ``count`` events costs, oldest first."""
     return -(-count // page_size) if count > 0 else 0
@@ -188,15 +202,17 @@ def reconcile(
 
 
 class _Bisection:
-    """Count, split where counts differ, re-read small spans; never costlier than a re-read.
+    """Count, split where counts differ, re-read small spans; capped at a re-read's cost.
 
     The cap: a plain re-read of ``[since, until)`` costs the count that says
-    how much there is plus its pages (:func:`pages_for`). Every step (a split
-    costs three count probes, a re-read its pages) is taken only while what
-    was spent, the step and re-reading everything still open in one read stay
-    within that; otherwise everything still open is re-read at once. Requests
-    then never exceed a re-read's (reads that must go on past a window, as on
-    a list ordered by id, cost what they cost either way).
+    how much there is plus its pages (:func:`pages_for`). When the first
+    difference already predicts a bisection dearer than that
+    (:func:`bisection_cost`: many differences, far apart), the whole span is
+    re-read at once, which then costs exactly a re-read. Otherwise each step
+    (a split: three probes; a re-read: its pages) is taken only while the
+    requests stay within the cap; past it, the spans still open are re-read
+    without more probes. Reads that must go on past a window (a list ordered
+    by id whose late upload comes last) cost what they cost either way.
     """
 
     def __init__(
@@ -222,7 +238,8 @@ class _Bisection:
         top = self._spans([since, until])
         if top is None:
             return ReconcileReport(name, since, until, supported=False, note=NOT_NEEDED)
-        cap = self.requests.count + pages_for(top[0].vendor, self.config.page_size)
+        page = self.config.page_size
+        cap = self.requests.count + pages_for(top[0].vendor, page)
         pending = top
         while pending:
             span = pending.pop()
@@ -230,16 +247,15 @@ class _Bisection:
             local = self.store.count_span(name, span.low, span.high, self.source.listed_codes)
             if span.vendor == local:
                 continue
-            small = span.vendor <= REREAD_PAGES * self.config.page_size
-            if small:  # the re-read settles the span: what stays open is the rest
-                after = pages_for(span.vendor, self.config.page_size) + self._open_cost(pending)
-            else:  # three probes, and the span stays open in its halves
-                after = 3 + self._open_cost([*pending, span])
-            if self.requests.count + after > cap:
+            small = span.vendor <= REREAD_PAGES * page or span.high - span.low <= MIN_SPAN
+            step = pages_for(span.vendor, page) if small else 3
+            if self.checked == 1 and not small:
+                step = bisection_cost(abs(span.vendor - local), span.vendor, page)
+            if self.requests.count + step > cap:
                 self.capped = True
                 self._reread_all([*pending, span])
                 break
-            if small or span.high - span.low <= MIN_SPAN:
+            if small:
                 self._reread(span.low, span.high, span.above, span.vendor, local)
                 continue
             halves = self._spans([span.low, split(span.low, span.high), span.high])
@@ -268,22 +284,11 @@ class _Bisection:
             for i, (low, high) in enumerate(itertools.pairwise(bounds))
         ]
 
-    def _open_cost(self, spans: list[Span]) -> int:
-        """Pages to re-read, in one read, the range the open spans lie in."""
-        if not spans:
-            return 0
-        low = min(s.low for s in spans)
-        high = max(s.high for s in spans)
-        name, codes = self.config.name, self.source.listed_codes
-        local = self.store.count_span(name, low, high, codes)
-        differ = sum(s.vendor - self.store.count_span(name, s.low, s.high, codes) for s in spans)
-        return pages_for(max(0, local + differ), self.config.page_size)
-
     def _reread_all(self, spans: list[Span]) -> None:
-        newest = max(spans, key=lambda s: s.high)
-        low = min(s.low for s in spans)
-        log.info("reconcile_capped", source=self.config.name, since=low.isoformat())
-        self._reread(low, newest.high, newest.above, None, None)
+        """Past the cap: re-read every span still open, oldest first, without more probes."""
+        log.info("reconcile_capped", source=self.config.name, spans=len(spans))
+        for span in sorted(spans, key=lambda s: s.low):
+            self._reread(span.low, span.high, span.above, span.vendor, None)
 
     def _reread(
         self,

@@ -112,12 +112,13 @@ def test_backfill_of_an_id_ordered_listing_holds_every_event_of_its_windows(stor
 
 def test_reconcile_of_an_id_ordered_listing_loads_the_late_upload_it_finds(store: Store) -> None:
     fake = FakeDoorFlow(order_by_id=True)
-    _history(fake, days=3, per_hour=10)
-    config = replace(CONFIG, page_size=50, lookback=600)
-    now = T0 + 3 * DAY
+    _history(fake, days=10, per_hour=10)
+    config = replace(CONFIG, page_size=100, lookback=600)
+    now = T0 + 10 * DAY
     assert _sync(store, fake, now, config).ok
     late = fake.add(T0 + timedelta(hours=30, minutes=1))
     report = _reconcile(store, fake, config, T0, now, now + timedelta(minutes=1))
+    assert not report.capped  # bisected down to the late upload's span, re-read to the end
     assert late in _present(store)
     assert (report.found, report.late, report.new) == (1, 1, 0)
 
