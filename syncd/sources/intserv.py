@@ -619,7 +619,7 @@ class IntServSource:
                 if vouched(horizon, until, now):
                     yield Page(records, rejected, {"done": True})
                 else:
-                    holders = self.holding_back(until, sorted(systems), now)
+                    holders = self.holding_back(since, until, sorted(systems), now)
                     yield Page(records, rejected, held_position(horizon, holders))
                 return
             if response.continuation_key == current.continuation_key:
@@ -627,7 +627,9 @@ class IntServSource:
             current = replace(current, continuation_key=response.continuation_key, horizon=horizon)
             yield Page(records, rejected, {"pass": current.to_json()})
 
-    def holding_back(self, until: datetime, seen: list[str], now: datetime) -> list[str]:
+    def holding_back(
+        self, since: datetime, until: datetime, seen: list[str], now: datetime
+    ) -> list[str]:
         """The systems whose ``least_sync_time`` is before ``until`` (one small request each).
 
         The candidates are the configured ``systems``, else those seen in the
@@ -635,7 +637,7 @@ class IntServSource:
         """
         holders = []
         for system in self.config.systems or seen:
-            probe = PassState(from_date=until, scope=self.scope())
+            probe = PassState(from_date=since, scope=self.scope(), to_date=until)
             body = {**self.request_body(probe), "systems": [system], "limit": 1}
             _, page = send(
                 self.client,

@@ -7,7 +7,11 @@ simulators' truth.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -92,3 +96,30 @@ def test_doorflow_deletions_by_list_and_by_destroy_webhook_are_marked_not_remove
         assert report.deleted == 2
         assert _deleted(store) == {str(i) for i in gone}
         assert reconcile(store, config, since=SINCE, until=START).requests == 2
+
+
+def test_syncd_backfill_names_the_system_holding_a_window_back_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    clock = SimClock(start=datetime.now(UTC) - timedelta(hours=1))
+    with IntServSimulator(seed=4, history=300, history_days=1, clock=clock) as sim:
+        sim.set_offline(sim.systems[0])  # an hour ago, as far as syncd's clock goes
+        config = tmp_path / "syncd.toml"
+        config.write_text(
+            f'[[sources]]\nname = "se"\nkind = "intserv"\nbase_url = "{sim.base_url}"\n'
+            f'api_key_env = "IS_KEY"\nsystems = ["{sim.systems[0]}", "{sim.systems[1]}"]\n'
+        )
+        since = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0).isoformat()
+        done = subprocess.run(
+            [sys.executable, "-m", "syncd.cli", "--config", str(config),
+             "--database-url", f"sqlite:///{tmp_path}/syncd.db",
+             "backfill", "--source", "se", "--since", since, "--window", "6h"],
+            env={**os.environ, "IS_KEY": sim.api_key}, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = done.stderr.strip().splitlines()[-1]  # after the backfill's progress lines
+    assert "backfill_window_held" in done.stderr
+    assert f"is held back by system {sim.systems[0]}" in line
+    assert "syncd" in line and "backfill --source se" in line
+    assert "Traceback" not in done.stderr
