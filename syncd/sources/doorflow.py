@@ -470,15 +470,15 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
 
 
 def past_window(records: list[EventRecord], until: datetime | None) -> bool:
-    """A window read may stop once a whole ascending page lies at or past ``until``.
+    """Whether a whole ascending page lies at or past ``until``: the read went past the window.
 
-    Read oldest first, everything after such a page is later still. The page
-    must itself show the ascending order (the times of its events rise from
-    first to last): a server that ignores ``sort=ASC`` serves the newest rows
-    first, and those lie past the window too. One page of evidence, rather
-    than one row, keeps a slightly disordered listing (a late upload at a
-    page edge) from ending the window early. Rejected records on the page are
-    stored with it, whatever their time, so they need no say.
+    No longer a reason to stop (a list ordered by id serves a late upload
+    after later days; see :func:`accounted`), but the sign that the count
+    past the window's end is worth asking again (:func:`reprobe_due`). The
+    page must itself show the ascending order (the times of its events rise
+    from first to last): a server that ignores ``sort=ASC`` serves the newest
+    rows first, and those lie past the window too. Rejected records on the
+    page need no say.
     """
     if until is None or len(records) < 2:
         return False
