@@ -22,6 +22,7 @@ and a clean one at two requests whatever the length.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--malformed", type=float, default=0.027)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    configure_logging("warning")
+    configure_logging(os.environ.get("BENCH_LOG", "warning"))
     header = [
         "days", "events", "malformed", "re-read", "clean req", "clean s",
         "late found/listed", "new", "late req", "capped", "late s",

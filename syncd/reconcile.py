@@ -152,7 +152,7 @@ def bisection_cost(differ: int, vendor: int, page_size: int) -> int:
     at once.
     """
     depth = max(0, math.ceil(math.log2(max(1.0, vendor / (REREAD_PAGES * page_size)))))
-    leaf = pages_for(min(vendor, REREAD_PAGES * page_size), page_size)
+    leaf = pages_for(min(vendor, REREAD_PAGES * page_size // 2), page_size)  # halves: 1.5-3
     return differ * (3 * depth + leaf)
 
 
@@ -252,6 +252,8 @@ class _Bisection:
             if self.checked == 1 and not small:
                 step = bisection_cost(abs(span.vendor - local), span.vendor, page)
             if self.requests.count + step > cap:
+                log.info("reconcile_over_cap", source=name, vendor=span.vendor, local=local,
+                         step=step, cap=cap)  # fmt: skip
                 self.capped = True
                 self._reread_all([*pending, span])
                 break
