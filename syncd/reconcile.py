@@ -260,7 +260,7 @@ class _Bisection:
             if small:
                 self._reread(span.low, span.high, span.above, span.vendor, local)
                 continue
-            halves = self._spans([span.low, split(span.low, span.high), span.high])
+            halves = self._spans([span.low, self._split(span.low, span.high), span.high])
             assert halves is not None
             pending.extend(reversed(halves))  # oldest first: popped next
         return ReconcileReport(
@@ -274,6 +274,12 @@ class _Bisection:
             deleted=self.deleted,
             capped=self.capped,
         )
+
+    def _split(self, low: datetime, high: datetime) -> datetime:
+        """About the middle, at a listed event's time that no reject was placed at."""
+        middle = split(low, high)
+        at = self.store.split_point(self.config.name, middle, high, self.source.listed_codes)
+        return at if at is not None and low < at < high else middle
 
     def _spans(self, bounds: list[datetime]) -> list[Span] | None:
         """The spans between ``bounds``, counted by probes asked newest bound first."""

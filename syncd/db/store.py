@@ -607,6 +607,50 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(stored).scalar_one()) + int(conn.execute(rejected).scalar_one())
 
+    def split_point(
+        self,
+        source: str,
+        middle: datetime,
+        until: datetime,
+        codes: frozenset[int] | None = None,
+    ) -> datetime | None:
+        """A stored event's time at or after ``middle`` (before ``until``) where no reject sits.
+
+        Reconciliation splits spans there: a reject without a readable time is
+        placed at a neighbour's time in the listing, and its true time lies
+        between its neighbours'. A split at a listed event's time that is no
+        reject's place keeps every such reject on the same side for the vendor
+        and for syncd (ties of the very same instant aside), so placement can
+        never move a count across a split and mask a missing event.
+        """
+        query = (
+            sa.select(events.c.occurred_at)
+            .where(
+                events.c.source == source,
+                events.c.occurred_at >= middle,
+                events.c.occurred_at < until,
+                events.c.deleted_at.is_(None),
+            )
+            .order_by(events.c.occurred_at)
+            .limit(64)
+        )
+        if codes is not None:
+            query = query.where(events.c.event_code.in_(sorted(codes)))
+        with self.engine.connect() as conn:
+            times = [t for (t,) in conn.execute(query)]
+            if not times:
+                return None
+            placed = set(
+                conn.execute(
+                    sa.select(rejected_events.c.placed_at).where(
+                        rejected_events.c.source == source,
+                        rejected_events.c.placed_at >= times[0],
+                        rejected_events.c.placed_at <= times[-1],
+                    )
+                ).scalars()
+            )
+        return next((t for t in times if t not in placed), None)
+
     def stored_in_span(self, source: str, since: datetime, until: datetime) -> int:
         """Every row of ``source`` in ``[since, until)``, deleted or not, any code."""
         query = sa.select(sa.func.count()).where(
