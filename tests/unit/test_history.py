@@ -352,3 +352,23 @@ def test_status_shows_unfinished_backfills_and_the_last_finished_one_per_source(
     _backfill(store, fake, config, T0, T0 + 4 * DAY, window="6h", stop=stop)  # day 4 is new
     shown = backfills.summaries(store)
     assert [(s.since, s.done) for s in shown] == [(T0, False), (T0 + 2 * DAY, True)]
+
+
+def test_a_reject_placed_across_a_split_never_masks_a_missing_event(store: Store) -> None:
+    fake = FakeDoorFlow()
+    _history(fake, days=10, per_hour=10)  # an event every 6 minutes
+    middle = T0 + 5 * DAY  # where bisection of [T0, T0 + 10 d) splits first
+    for at in (T0, middle):  # the reject ends a page of the pass, after an event at middle - 6m
+        del fake.events[next(i for i, e in fake.events.items() if e["created_at"] == iso(at))]
+    bad = fake.add_malformed(None)
+    fake.events[bad]["_sort_at"] = iso(middle + timedelta(seconds=1))  # true time: upper half
+    config = replace(CONFIG, page_size=100)
+    now = T0 + 10 * DAY
+    assert _sync(store, fake, now, config).ok  # placed at its neighbour's time: lower half
+    late = fake.add(T0 + 2 * DAY + timedelta(seconds=30))  # missing, in the lower half
+    with store.engine.connect() as conn:
+        placed = conn.execute(sa.text("SELECT placed_at FROM rejected_events")).scalars().all()
+    assert [p[:19] for p in placed] == [str(middle - timedelta(minutes=6))[:19]]
+    report = _reconcile(store, fake, config, T0, now, now + timedelta(minutes=1))
+    assert not report.capped
+    assert late in _present(store)  # the reject's +1 in the lower half no longer cancels it
