@@ -259,10 +259,11 @@ def place(order: list[datetime | RejectedRecord | None]) -> list[RejectedRecord]
 
     A listing is ordered (by time, or by id, which follows arrival): a record
     whose time cannot be read sits among events of about its time. It takes
-    the time of the nearest readable record before it in the page, else the
-    nearest after it, so it counts in the span its neighbours count in and a
-    clean history compares equal with the vendor's counts. A page with no
-    readable time leaves it unplaced.
+    the time of the nearest readable record before it in the page, so it
+    counts in the span its neighbours count in and a
+    clean history compares equal with the vendor's counts. One without a
+    readable neighbour on each side in the page (at a page's edge) is left
+    unplaced: it might belong on either side of a window's bound.
     """
     times = [
         item if isinstance(item, datetime) else getattr(item, "occurred_at", None) for item in order
@@ -274,7 +275,10 @@ def place(order: list[datetime | RejectedRecord | None]) -> list[RejectedRecord]
         if item.occurred_at is None:
             before = next((t for t in reversed(times[:index]) if t is not None), None)
             after = next((t for t in times[index + 1 :] if t is not None), None)
-            placed.append(replace(item, placed_at=before or after))
+            # Between two readable neighbours only: a record at a page's edge
+            # could belong on either side of a window's bound, so it stays
+            # unplaced (it then counts nowhere, as before: never masks).
+            placed.append(replace(item, placed_at=before if after is not None else None))
         else:
             placed.append(item)
     return placed

@@ -358,7 +358,8 @@ def test_a_reject_placed_across_a_split_never_masks_a_missing_event(store: Store
     fake = FakeDoorFlow()
     _history(fake, days=10, per_hour=10)  # an event every 6 minutes
     middle = T0 + 5 * DAY  # where bisection of [T0, T0 + 10 d) splits first
-    for at in (T0, middle):  # the reject ends a page of the pass, after an event at middle - 6m
+    # The reject sits inside a page of the pass, between events at middle - 6m and middle + 6m.
+    for at in (T0, T0 + timedelta(minutes=6), middle):
         del fake.events[next(i for i, e in fake.events.items() if e["created_at"] == iso(at))]
     bad = fake.add_malformed(None)
     fake.events[bad]["_sort_at"] = iso(middle + timedelta(seconds=1))  # true time: upper half
