@@ -42,10 +42,11 @@ from syncd.config import SourceConfig
 from syncd.db import backfills
 from syncd.db.backfills import Span, WindowRow
 from syncd.db.store import Store, WriteResult
-from syncd.engine import Clock, SourceRuntime, drive, utcnow
+from syncd.engine import Clock, Progress, SourceRuntime, drive, utcnow
 from syncd.errors import SyncdError
 from syncd.sources.base import Page
 from syncd.sources.http import RetryHooks
+from syncd.window_read import Listed, mark_deleted
 
 log = structlog.get_logger(__name__)
 # Progress events go to their own logger, so the command line can show them
@@ -108,21 +109,36 @@ def covered(span: Span, done: Sequence[Span]) -> bool:
     return reach >= end
 
 
-def counted(pages: Iterator[Page], start: datetime, end: datetime) -> Iterator[Page]:
-    """Each page's position wrapped with how many of its records fall in ``[start, end)``.
+def counted(pages: Iterator[Page], start: datetime, end: datetime, base: int = 0) -> Iterator[Page]:
+    """Each page's position wrapped with the window's running count of events read.
 
     The count then commits in the page's transaction with the position (a
     sink only sees the cursor), so a window's ``events`` never drifts from
-    what was committed, whatever kills the process. Records outside the
-    window (DoorFlow serves up to a page past its end) are stored but not
-    counted: the next window counts them.
+    what was committed, whatever kills the process; being a running total
+    (from ``base``, what was committed before), a commit unit of several
+    pages keeps all of them. Only rows inside ``[start, end)`` are counted
+    (a window read yields no others).
     """
+    running = base
     for page in pages:
-        inside = sum(1 for r in page.records if start <= r.occurred_at < end)
-        inside += sum(
-            1 for r in page.rejected if r.occurred_at is not None and start <= r.occurred_at < end
+        running += sum(1 for r in page.records if start <= r.occurred_at < end)
+        running += sum(
+            1 for r in page.rejected if r.counted_at is None or start <= r.counted_at < end
         )
-        yield Page(page.records, page.rejected, {"position": page.cursor, "events": inside})
+        yield Page(page.records, page.rejected, {"position": page.cursor, "events": running})
+
+
+def bounds_ahead(rows: Sequence[WindowRow], limit: int = 16) -> list[datetime]:
+    """The start and end of the next ``limit`` windows: one count probe each, shared.
+
+    Consecutive windows share a bound, so counting ``limit`` windows costs
+    ``limit + 1`` small requests, and a window the counts show empty costs
+    no more (DESIGN.md: an empty window costs one request).
+    """
+    out: set[datetime] = set()
+    for row in rows[:limit]:
+        out.update((row.start, row.end))
+    return sorted(out)
 
 
 # -- the sink --------------------------------------------------------------------
@@ -183,6 +199,8 @@ class BackfillReport:
     pages: int = 0
     duration_s: float = 0.0
     stopped: bool = False
+    held: tuple[HeldWindow, ...] = ()
+    deleted: int = 0
 
     @property
     def complete(self) -> bool:
@@ -190,7 +208,7 @@ class BackfillReport:
 
     def summary(self) -> str:
         w = self.written
-        return (
+        text = (
             f"{self.source}: backfill {_iso(self.since)} .. {_iso(self.until)} "
             f"in {wording.counted(self.total, 'window')} of {format_window(self.window)}: "
             f"{self.loaded:,} loaded, {self.done_before:,} already done, {self.reused:,} reused; "
@@ -198,6 +216,11 @@ class BackfillReport:
             f"{w.updated:,} updated, {w.unchanged:,} unchanged, {w.rejected:,} rejected) "
             f"in {wording.counted(self.pages, 'page')}, {self.duration_s:.1f}s"
         )
+        if self.deleted:
+            text += f"; {self.deleted} stored events no longer listed, marked deleted"
+        if self.held:
+            text += f"; {len(self.held)} windows held back: {self.held[0].describe()}"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -207,6 +230,36 @@ class BackfillReport:
             "window": format_window(self.window),
             "windows_total": self.total,
             "complete": self.complete,
+            "held": [h.to_json() for h in self.held],
+        }
+
+
+@dataclass(frozen=True)
+class HeldWindow:
+    """A window read to its end that the vendor does not vouch for yet (IntServ)."""
+
+    start: datetime
+    end: datetime
+    least_sync_time: str
+    systems: tuple[str, ...]
+
+    def describe(self) -> str:
+        who = (
+            "system " + ", ".join(self.systems)
+            if self.systems
+            else "a system not in `systems` (list them in the config to see which)"
+        )
+        return (
+            f"{_iso(self.start)} .. {_iso(self.end)} is held back by {who}: least_sync_time "
+            f"is {self.least_sync_time}; rerun when it is back online"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window_start": _iso(self.start),
+            "window_end": _iso(self.end),
+            "least_sync_time": self.least_sync_time,
+            "systems": list(self.systems),
         }
 
 
@@ -307,15 +360,20 @@ def _locked(
         return _finished(report, started)
     # The stop also ends retry waits (a 429's Retry-After), not only the page loop.
     hooks = RetryHooks(stop=stop) if stop is not None else None
+    totals: dict[datetime, int | None] = {}
     with SourceRuntime.open(
         store, config, clock=clock, transport=transport, retry_hooks=hooks
     ) as runtime:
-        for row in todo:
+        for index, row in enumerate(todo):
             if stop is not None and stop.is_set():
                 return _finished(report, started, stopped=True)
             if _paused_now(store, name):  # `syncd pause` from anywhere: stop, resumable
                 return _finished(report, started, stopped=True)
-            report, stopped = _load_window(store, runtime, row, report, clock, stop, on_page)
+            if row.start not in totals or row.end not in totals:
+                totals = runtime.source.window_totals(bounds_ahead(todo[index:]))
+            report, stopped = _load_window(
+                store, runtime, row, report, clock, stop, on_page, totals
+            )
             if stopped:
                 return _finished(report, started, stopped=True)
             if on_window is not None:
@@ -378,40 +436,80 @@ def _load_window(
     clock: Clock,
     stop: threading.Event | None,
     on_page: Callable[[Page], None] | None,
+    totals: Mapping[datetime, int | None],
 ) -> tuple[BackfillReport, bool]:
     """One window from its stored position; (report after it, stopped?)."""
     started = time.perf_counter()
-    sink = WindowSink(row.source, row.since, row.until, row.start)
-    listing = runtime.source.window_pages(row.start, row.end, row.position, clock())
-    pages = counted(listing, row.start, row.end)
+    began = clock()
+    source = runtime.source
+    vendor = _window_count(totals, row)
+    listed = Listed(whole=not row.position.get("pass"))
+    progress = Progress()
     read = 0
+    if vendor == 0:
+        listed.complete = True  # the vendor counts nothing there: no listing to read
+    else:
+        sink = WindowSink(row.source, row.since, row.until, row.start)
+        position = {} if "held" in row.position else row.position
+        base = 0 if not position else row.events
+        listing = source.window_pages(
+            row.start, row.end, position, clock(), end_total=totals.get(row.end)
+        )
+        pages = counted(listed.watch(listing), row.start, row.end, base)
 
-    def page_done(page: Page, _written: WriteResult) -> None:
-        nonlocal read
-        read += int(page.cursor["events"])
-        if on_page is not None:
-            on_page(page)
+        def page_done(page: Page, _written: WriteResult) -> None:
+            nonlocal read
+            read += len(page.records) + len(page.rejected)
+            if on_page is not None:
+                on_page(page)
 
-    progress = drive(store, row.source, pages, sink, clock=clock, stop=stop, on_page=page_done)
+        progress = drive(store, row.source, pages, sink, clock=clock, stop=stop, on_page=page_done)
     report = _add(report, progress.written, progress.pages, read)
     if progress.stopped and not _finished_position(store, row):
         return report, True
-    # The connector's last page normally marks the window done; a listing
-    # that ended without one (no page at all) is finished too.
+    if listed.held is not None:
+        held = HeldWindow(
+            row.start,
+            row.end,
+            str(listed.held.get("held")),
+            tuple(map(str, listed.held.get("systems") or ())),
+        )
+        progress_log.warning(
+            "backfill_window_held",
+            source=row.source,
+            window_start=_iso(row.start),
+            window_end=_iso(row.end),
+            least_sync_time=held.least_sync_time,
+            systems=list(held.systems),
+        )
+        return _replace(report, held=(*report.held, held)), bool(progress.stopped)
+    deleted = mark_deleted(
+        store, row.source, row.start, row.end, source.listed_codes, listed, began, clock()
+    )
+    # The connector's last page normally marks the window done; a window the
+    # counts showed empty has no page at all and is finished here.
     backfills.finish(store, row.source, row.since, row.until, row.start, clock())
-    report = _replace(report, loaded=report.loaded + 1)
+    report = _replace(report, loaded=report.loaded + 1, deleted=report.deleted + deleted)
     progress_log.info(
         "backfill_window_done",
         source=row.source,
         window_start=_iso(row.start),
         window_end=_iso(row.end),
-        events=row.events + read,
+        events=(row.events if row.position.get("pass") else 0) + read,
         pages=progress.pages,
         duration_s=round(time.perf_counter() - started, 3),
         windows_done=report.done_before + report.reused + report.loaded,
         windows=report.total,
     )
     return report, bool(progress.stopped)
+
+
+def _window_count(totals: Mapping[datetime, int | None], row: WindowRow) -> int | None:
+    """The vendor's count of a window from the shared probes, when it has counts."""
+    above_start, above_end = totals.get(row.start), totals.get(row.end)
+    if above_start is None or above_end is None:
+        return None
+    return max(0, above_start - above_end)
 
 
 def _finished_position(store: Store, row: WindowRow) -> bool:

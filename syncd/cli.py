@@ -468,6 +468,12 @@ def _run_backfill(
     if report.stopped and not report.complete:
         click.echo(f"syncd: backfill of {config.name} interrupted; to resume: {resume}", err=True)
         raise SystemExit(1)
+    if report.held:
+        held = report.held[0]
+        click.echo(
+            f"syncd: backfill of {config.name}: window {held.describe()}: {resume}", err=True
+        )
+        raise SystemExit(1)
 
 
 def _backfill_reporting(

@@ -122,8 +122,8 @@ class Metrics:
         )
         self.webhook_notifications = Counter(
             "syncd_webhook_notifications",
-            "Webhook notifications by outcome (fetched, acknowledged, already_queued, ignored, "
-            "not_an_event_change, abandoned, unacknowledged, paused).",
+            "Webhook notifications by outcome (fetched, acknowledged, already_queued, deleted, "
+            "ignored, not_an_event_change, abandoned, unacknowledged, paused).",
             ["source", "outcome"],
             registry=r,
         )
@@ -161,6 +161,10 @@ class Metrics:
         self.pass_duration.labels(result.kind).observe(result.duration_s)
         self.wrote(source, result.written.inserted, result.written.updated)
         self.events_rejected.labels(source).inc(result.written.rejected)
+        if result.reconciled is not None:  # the pass's scheduled reconciliation wrote too
+            done = result.reconciled.written
+            self.wrote(source, done.inserted, done.updated)
+            self.events_rejected.labels(source).inc(done.rejected)
         if result.ok:
             self.last_success.labels(source).set(now.timestamp())
 

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -74,6 +74,13 @@ class RejectedRecord:
     raw: Any
     occurred_at: datetime | None = None
     event_key: str | None = None
+    placed_at: datetime | None = None
+    """No readable time: the time of its neighbour in the listing (see :func:`place`)."""
+
+    @property
+    def counted_at(self) -> datetime | None:
+        """Where the record counts: its own time, else where the listing placed it."""
+        return self.occurred_at if self.occurred_at is not None else self.placed_at
 
 
 class MalformedRecord(ValueError):
@@ -234,11 +241,47 @@ def split_page(
     """
     records: list[EventRecord] = []
     rejected: list[RejectedRecord] = []
+    order: list[datetime | RejectedRecord | None] = []  # listing order: times and rejects
     for raw in items:
         reason = _try_normalize(raw, normalize, records, screened)
         if reason is not None:
             rejected.append(reject(raw, reason, time_fields, identify))
+            order.append(rejected[-1])
+        else:
+            order.append(records[-1].occurred_at)
+    if any(r.occurred_at is None for r in rejected):
+        rejected = place(order)
     return records, rejected
+
+
+def place(order: list[datetime | RejectedRecord | None]) -> list[RejectedRecord]:
+    """The rejects of a page, each without a readable time placed by its neighbours.
+
+    A listing is ordered (by time, or by id, which follows arrival): a record
+    whose time cannot be read sits among events of about its time. It takes
+    the time of the nearest readable record before it in the page, so it
+    counts in the span its neighbours count in and a
+    clean history compares equal with the vendor's counts. One without a
+    readable neighbour on each side in the page (at a page's edge) is left
+    unplaced: it might belong on either side of a window's bound.
+    """
+    times = [
+        item if isinstance(item, datetime) else getattr(item, "occurred_at", None) for item in order
+    ]
+    placed: list[RejectedRecord] = []
+    for index, item in enumerate(order):
+        if not isinstance(item, RejectedRecord):
+            continue
+        if item.occurred_at is None:
+            before = next((t for t in reversed(times[:index]) if t is not None), None)
+            after = next((t for t in times[index + 1 :] if t is not None), None)
+            # Between two readable neighbours only: a record at a page's edge
+            # could belong on either side of a window's bound, so it stays
+            # unplaced (it then counts nowhere, as before: never masks).
+            placed.append(replace(item, placed_at=before if after is not None else None))
+        else:
+            placed.append(item)
+    return placed
 
 
 def _try_normalize(

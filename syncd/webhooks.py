@@ -43,6 +43,7 @@ from syncd.records import EventRecord, RejectedRecord
 from syncd.sources.base import CodeInfo
 from syncd.sources.doorflow import EVENTS_PATH, normalize_page
 from syncd.sources.http import RetryHooks, RetryPolicy, send
+from syncd.threads import run_in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,15 @@ class Notification:
         return (
             self.resource_type == "Event"
             and self.action in FETCHED_ACTIONS
+            and self.resource_id is not None
+        )
+
+    @property
+    def destroys_event(self) -> bool:
+        """A ``DESTROY`` of an event: marked deleted (``events.deleted_at``), never fetched."""
+        return (
+            self.resource_type == "Event"
+            and self.action == "DESTROY"
             and self.resource_id is not None
         )
 
@@ -303,8 +313,14 @@ class WebhookFetcher:
 
     def submit(self, source: str, notifications: Sequence[Notification]) -> None:
         fetch = [n for n in notifications if n.fetchable]
+        destroyed = [n for n in notifications if n.destroys_event]
+        if destroyed and not self.stop.is_set():
+            # A database write only, off the request's thread (the 200 never waits on it).
+            run_in_thread(
+                lambda: self._mark_deleted(source, destroyed), name="syncd-webhook-delete"
+            )
         for note in notifications:
-            if not note.fetchable:
+            if not note.fetchable and not note.destroys_event:
                 outcome = "ignored" if note.resource_id is None else "not_an_event_change"
                 self.metrics.webhook_notifications.labels(source, outcome).inc()
                 log.info(
@@ -332,6 +348,17 @@ class WebhookFetcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def _mark_deleted(self, source: str, notes: list[Notification]) -> None:
+        """DESTROY: the vendor deleted the event; its row stays, ``deleted_at`` is set."""
+        keys = [str(n.resource_id) for n in notes]
+        try:
+            marked = self.store.mark_deleted(source, keys, self.clock())
+        except Exception as exc:  # a worker never dies; a complete re-read marks it later
+            log.warning("webhook_delete_failed", source=source, error=describe_error(exc))
+            return
+        self.metrics.webhook_notifications.labels(source, "deleted").inc(len(notes))
+        log.info("webhook_events_deleted", source=source, events=len(keys), marked=marked)
 
     # -- the queue -------------------------------------------------------------------
 

@@ -163,10 +163,10 @@ def save_position(
     events: int,
     now: datetime,
 ) -> None:
-    """Inside a page's transaction: the window's position, its count, done on the last page."""
+    """Inside a page's transaction: the window's position, its running count, done at the end."""
     values: dict[str, Any] = {
         "position": position,
-        "events": bw.c.events + events,
+        "events": events,
         "updated_at": now,
     }
     if position.get("done"):
@@ -233,7 +233,12 @@ class BackfillSummary:
 
 
 def summaries(store: Store) -> list[BackfillSummary]:
-    """Every backfill, newest first; the windows listed only for unfinished ones."""
+    """The unfinished backfills and the last finished one per source, newest first.
+
+    Finished backfills pile up (a cron job backfilling every night); only
+    the newest of each source still says something. Windows are listed only
+    for unfinished ones.
+    """
     query = (
         sa.select(
             bw.c.source,
@@ -250,9 +255,14 @@ def summaries(store: Store) -> list[BackfillSummary]:
     with store.engine.connect() as conn:
         groups = conn.execute(query).all()
     out = []
+    finished_shown: set[str] = set()
     for source, since, until, total, done, events, updated in groups:
         since_at, until_at = _utc(since), _utc(until)
         unfinished = int(done) < int(total)
+        if not unfinished:
+            if source in finished_shown:
+                continue
+            finished_shown.add(source)
         out.append(
             BackfillSummary(
                 source=source,

@@ -75,6 +75,8 @@ events = sa.Table(
     sa.Column("payload", JSONDocument, nullable=False),
     sa.Column("first_seen_at", UTCDateTime(), nullable=False),
     sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    # migration 0009: when syncd learned the vendor deleted the event (the row stays)
+    sa.Column("deleted_at", UTCDateTime()),
     sa.UniqueConstraint("source", "event_key"),
     # migration 0011: by time, a BRIN on PostgreSQL (rows arrive roughly in
     # time order; a B-tree entry per row cost more than it served), a B-tree
@@ -145,6 +147,8 @@ rejected_events = sa.Table(
     sa.Column("raw_sha256", sa.Text(), nullable=False),
     # The vendor natural key when it could be read: one row per vendor record.
     sa.Column("event_key", sa.Text()),
+    # migration 0009: no readable time: its neighbour's in the listing
+    sa.Column("placed_at", UTCDateTime()),
     sa.UniqueConstraint("source", "raw_sha256"),
     sa.Index("ix_rejected_events_source_rejected_at", "source", "rejected_at"),
     sa.Index("ix_rejected_events_source_occurred_at", "source", "occurred_at"),

@@ -66,7 +66,8 @@ RECORD_COLUMNS = (
 # An EventRecord is a COPY row once ``source`` goes first and ``payload`` last.
 assert (*EventRecord._fields[:6], *EventRecord._fields[7:], "payload") == RECORD_COLUMNS[1:]
 _MUTABLE = [c for c in RECORD_COLUMNS if c not in ("source", "event_key")]
-_SET_CLAUSE = ", ".join(f"{c} = excluded.{c}" for c in _MUTABLE)
+# A row the vendor lists again is no longer deleted (``deleted_at``, DESIGN.md).
+_SET_CLAUSE = ", ".join(f"{c} = excluded.{c}" for c in _MUTABLE) + ", deleted_at = NULL"
 # A row is rewritten only when something a reader can see changed, and never
 # by an older version of the event than the one stored.
 _CHANGED = (
@@ -103,7 +104,7 @@ WITH merged AS (
     SELECT {_STAGED}, %(now)s, %(now)s FROM syncd_stage
     ON CONFLICT (source, event_key) DO UPDATE
         SET {_SET_CLAUSE}, last_seen_at = excluded.last_seen_at
-        WHERE {_CHANGED} AND {_NOT_OLDER}
+        WHERE ({_CHANGED} AND {_NOT_OLDER}) OR events.deleted_at IS NOT NULL
     RETURNING (xmax = 0) AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
@@ -125,7 +126,7 @@ INSERT INTO events ({_COLS}, first_seen_at, last_seen_at)
 VALUES ({_UPSERT_VALUES}, ?, ?)
 ON CONFLICT (source, event_key) DO UPDATE
     SET {_SET_CLAUSE}, last_seen_at = excluded.last_seen_at
-    WHERE {_CHANGED_SQLITE} AND {_NOT_OLDER}
+    WHERE ({_CHANGED_SQLITE} AND {_NOT_OLDER}) OR events.deleted_at IS NOT NULL
 """
 
 
@@ -403,6 +404,7 @@ class Store:
                 "raw": json.loads(raw),
                 "raw_sha256": digest,
                 "event_key": item.event_key,
+                "placed_at": item.placed_at,
             }
             if item.event_key is None:
                 by_content[digest] = row
@@ -416,8 +418,11 @@ class Store:
                     index_elements=["source", "event_key"],
                     index_where=rejected_events.c.event_key.is_not(None),
                     set_={
-                        c: insert.excluded[c]
-                        for c in ("raw", "raw_sha256", "reason", "occurred_at", "last_seen_at")
+                        **{
+                            c: insert.excluded[c]
+                            for c in ("raw", "raw_sha256", "reason", "occurred_at", "last_seen_at")
+                        },
+                        "placed_at": _first_placement(insert),
                     },
                 ),
                 list(keyed.values()),
@@ -427,7 +432,10 @@ class Store:
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=["source", "raw_sha256"],
-                    set_={"last_seen_at": insert.excluded.last_seen_at},
+                    set_={
+                        "last_seen_at": insert.excluded.last_seen_at,
+                        "placed_at": _first_placement(insert),
+                    },
                 ),
                 list(by_content.values()),
             )
@@ -642,14 +650,17 @@ class Store:
     ) -> int:
         """What syncd holds of ``source`` in ``[since, until)``, counted like the vendor counts.
 
-        Stored events (only ``codes`` when given: the vendor's listing cannot
-        return others, e.g. remote-control events that came by webhook) plus
-        rejected records whose time could be read and whose vendor id is not
+        Stored events not marked deleted (only ``codes`` when given: the
+        vendor's listing cannot return others, e.g. remote-control events that
+        came by webhook) plus rejected records whose time could be read, or
+        that the listing placed (``placed_at``), and whose vendor id is not
         also stored. Reconciliation compares
         this with the vendor's count of the same span.
         """
         in_span = sa.and_(events.c.occurred_at >= since, events.c.occurred_at < until)
-        stored = sa.select(sa.func.count()).where(events.c.source == source, in_span)
+        stored = sa.select(sa.func.count()).where(
+            events.c.source == source, in_span, events.c.deleted_at.is_(None)
+        )
         if codes is not None:
             stored = stored.where(events.c.event_code.in_(sorted(codes)))
         # A record rejected once and stored later (fixed by the vendor) is
@@ -657,17 +668,119 @@ class Store:
         stored_later = sa.exists().where(
             events.c.source == source, events.c.event_key == rejected_events.c.event_key
         )
+        at = sa.func.coalesce(rejected_events.c.occurred_at, rejected_events.c.placed_at)
         rejected = sa.select(sa.func.count()).where(
             rejected_events.c.source == source,
-            rejected_events.c.occurred_at >= since,
-            rejected_events.c.occurred_at < until,
+            at >= since,
+            at < until,
             sa.or_(rejected_events.c.event_key.is_(None), ~stored_later),
         )
         with self.engine.connect() as conn:
             return int(conn.execute(stored).scalar_one()) + int(conn.execute(rejected).scalar_one())
 
+    def split_point(
+        self,
+        source: str,
+        middle: datetime,
+        until: datetime,
+        codes: frozenset[int] | None = None,
+    ) -> datetime | None:
+        """A stored event's time at or after ``middle`` (before ``until``) where no reject sits.
+
+        Reconciliation splits spans there: a reject without a readable time is
+        placed at a neighbour's time in the listing, and its true time lies
+        between its neighbours'. A split at a listed event's time that is no
+        reject's place keeps every such reject on the same side for the vendor
+        and for syncd (ties of the very same instant aside), so placement can
+        never move a count across a split and mask a missing event.
+        """
+        query = (
+            sa.select(events.c.occurred_at)
+            .where(
+                events.c.source == source,
+                events.c.occurred_at >= middle,
+                events.c.occurred_at < until,
+                events.c.deleted_at.is_(None),
+            )
+            .order_by(events.c.occurred_at)
+            .limit(64)
+        )
+        if codes is not None:
+            query = query.where(events.c.event_code.in_(sorted(codes)))
+        with self.engine.connect() as conn:
+            times = [t for (t,) in conn.execute(query)]
+            if not times:
+                return None
+            placed = set(
+                conn.execute(
+                    sa.select(rejected_events.c.placed_at).where(
+                        rejected_events.c.source == source,
+                        rejected_events.c.placed_at >= times[0],
+                        rejected_events.c.placed_at <= times[-1],
+                    )
+                ).scalars()
+            )
+        return next((t for t in times if t not in placed), None)
+
+    def stored_in_span(self, source: str, since: datetime, until: datetime) -> int:
+        """Every row of ``source`` in ``[since, until)``, deleted or not, any code."""
+        query = sa.select(sa.func.count()).where(
+            events.c.source == source, events.c.occurred_at >= since, events.c.occurred_at < until
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def mark_deleted(self, source: str, keys: Sequence[str], now: datetime) -> int:
+        """The vendor deleted these events: set ``deleted_at`` (once); the rows stay."""
+        marked = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(keys), 500):
+                result = conn.execute(
+                    sa.update(events)
+                    .where(
+                        events.c.source == source,
+                        events.c.event_key.in_(list(keys[start : start + 500])),
+                        events.c.deleted_at.is_(None),
+                    )
+                    .values(deleted_at=now)
+                )
+                marked += result.rowcount
+        return marked
+
+    def mark_absent(
+        self,
+        source: str,
+        since: datetime,
+        until: datetime,
+        codes: frozenset[int] | None,
+        listed: set[str],
+        before: datetime,
+        now: datetime,
+    ) -> list[str]:
+        """After a complete read of ``[since, until)``: mark deleted what it no longer lists.
+
+        Only rows of ``codes`` (what the listing can return: never a
+        webhook-only event) first stored before the read began (``before``):
+        a row another process stored meanwhile may have arrived behind the
+        read's position. Returns the keys marked.
+        """
+        query = sa.select(events.c.event_key).where(
+            events.c.source == source,
+            events.c.occurred_at >= since,
+            events.c.occurred_at < until,
+            events.c.deleted_at.is_(None),
+            events.c.first_seen_at < before,
+        )
+        if codes is not None:
+            query = query.where(events.c.event_code.in_(sorted(codes)))
+        with self.engine.connect() as conn:
+            absent = [key for (key,) in conn.execute(query) if key not in listed]
+        if absent:
+            self.mark_deleted(source, absent, now)
+        return absent
+
     def source_stats(self) -> dict[str, SourceStats]:
-        """Row count, newest event and rejected count per source, in two scans."""
+        """Row count, newest event (deleted events left out) and rejected count per source."""
         stats: dict[str, SourceStats] = {}
         with self.engine.connect() as conn:
             rejected: dict[str, int] = dict(
@@ -678,9 +791,9 @@ class Store:
                 ).all()
             )
             rows = conn.execute(
-                sa.select(
-                    events.c.source, sa.func.count(), sa.func.max(events.c.occurred_at)
-                ).group_by(events.c.source)
+                sa.select(events.c.source, sa.func.count(), sa.func.max(events.c.occurred_at))
+                .where(events.c.deleted_at.is_(None))
+                .group_by(events.c.source)
             )
             for source, count, newest in rows:
                 stats[source] = SourceStats(
@@ -833,6 +946,11 @@ def _state(row: sa.Row[Any]) -> SourceState:
         paused_by=row.paused_by,
         pass_started_at=row.pass_started_at,
     )
+
+
+def _first_placement(insert: Any) -> Any:
+    """A re-served reject keeps the place it was first given (counts stay put)."""
+    return sa.func.coalesce(rejected_events.c.placed_at, insert.excluded.placed_at)
 
 
 def _aggregate_time(value: datetime | str | None) -> datetime | None:

@@ -16,6 +16,7 @@ from syncd.simulators.intserv import DEFAULT_SYSTEMS, IntServSimulator
 
 _DOORFLOW_ONLY = (
     "flavor",
+    "order",
     "late_share",
     "late_delay",
     "name_update_share",
@@ -117,6 +118,12 @@ _positive = click.FloatRange(min=0.0)
     help="Seconds added to the Date header (a vendor whose clock is off).",
 )
 @click.option(
+    "--order",
+    default="created",
+    type=click.Choice(["created", "id"]),
+    help="DoorFlow: what sort=ASC/DESC orders by (id: late uploads come last).",
+)
+@click.option(
     "--unlist",
     default="",
     metavar="CODES",
@@ -198,6 +205,7 @@ def simulate(ctx: click.Context, /, vendor: str, **options: Any) -> None:
             **common,
             doors=options["doors"] or 20,
             flavor=options["flavor"],
+            order=options["order"],
             late_share=options["late_share"],
             late_delay=options["late_delay"],
             name_update_share=options["name_update_share"],

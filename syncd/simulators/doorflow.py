@@ -52,6 +52,8 @@ from syncd.simulators.server import BaseSimulator, Request, Response, json_respo
 
 Flavor = Literal["reference", "guide"]
 FLAVORS: tuple[Flavor, ...] = ("reference", "guide")
+Order = Literal["created", "id"]
+ORDERS: tuple[Order, ...] = ("created", "id")
 
 DEFAULT_SINCE_DAYS = 90
 MAX_N = 1000
@@ -221,7 +223,10 @@ class DoorFlowSimulator(BaseSimulator):
     serving) to play a vendor that stops listing some. With ``webhook_url``
     every new or updated event is announced; the unacknowledged are re-sent
     on each :meth:`deliver_webhooks` call, and every ``webhook_interval``
-    seconds by the background thread when that is set.
+    seconds by the background thread when that is set. ``order="id"``: the
+    reference list is ordered by id (arrival), not ``created_at``, so a late
+    upload comes after events of later days. :meth:`delete` plays the vendor
+    deleting events.
     """
 
     vendor = "doorflow"
@@ -248,6 +253,7 @@ class DoorFlowSimulator(BaseSimulator):
         token_expiry: float = 3600.0,
         oauth_scope: str = "account.event.access.readonly",
         listable_codes: Iterable[int] | None = None,
+        order: Order = "created",
         rate: float = 0.0,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
@@ -273,6 +279,10 @@ class DoorFlowSimulator(BaseSimulator):
         if history < 0 or tie_groups < 0 or tie_size < 0:
             raise ValueError("history, tie_groups and tie_size must not be negative")
         self.flavor = flavor
+        if order not in ORDERS:
+            raise ValueError(f"order must be 'created' or 'id', not {order!r}")
+        self.order = order
+        self._by_id_cache: tuple[Any, list[_Event]] | None = None
         self.late_share = late_share
         self.late_delay = late_delay
         self.name_update_share = name_update_share
@@ -379,6 +389,24 @@ class DoorFlowSimulator(BaseSimulator):
             events = self._make_events(created, [now] * len(created), codes)
             self._insert(events, now, notify=True)
             return len(events)
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """The vendor deletes these events: lists omit them, ``GET`` answers 404, and
+        with ``webhook_url`` a ``DESTROY`` notification is sent. Returns how many."""
+        with self._lock:
+            self._apply_due(self._now())
+            gone = {i for i in ids if i in self._by_id}
+            if not gone:
+                return 0
+            for event_id in gone:
+                del self._by_id[event_id]
+            self._all = SortedIndex([e for e in self._all.items if e.id not in gone])
+            self._views.clear()
+            self._by_id_cache = None
+            if self.webhook_url:
+                for event_id in sorted(gone):
+                    self._note("DESTROY", event_id)
+            return len(gone)
 
     @property
     def event_count(self) -> int:
@@ -853,12 +881,15 @@ class DoorFlowSimulator(BaseSimulator):
             self._apply_due(now)
             index = self._view(flt)
             lo, hi = bisect_left(index.keys, (since,)), len(index.items)
+            listed = index.items
+            if self.order == "id":  # late uploads (old created_at, new id) come last
+                listed, lo, hi = self._id_ordered(index, lo), 0, hi - lo
             if sort == "ASC":
                 a = lo + (page - 1) * n
-                items = index.items[a : min(hi, a + n)]
+                items = listed[a : min(hi, a + n)]
             else:
                 b = hi - (page - 1) * n
-                items = index.items[max(lo, b - n) : b][::-1] if b > lo else []
+                items = listed[max(lo, b - n) : b][::-1] if b > lo else []
             parts = [e.ref or self._render_ref(e) for e in items]
         self._count("pages")
         self._count("events_served", len(parts))
@@ -867,6 +898,13 @@ class DoorFlowSimulator(BaseSimulator):
             b"[" + b",".join(parts) + b"]",
             (("Total", str(hi - lo)), ("Per-Page", str(n))),
         )
+
+    def _id_ordered(self, index: SortedIndex[_Event], lo: int) -> list[_Event]:
+        """``index.items[lo:]`` by id (cached until the index or ``lo`` changes)."""
+        key = (id(index), len(index.items), lo, self._next_id)
+        if self._by_id_cache is None or self._by_id_cache[0] != key:
+            self._by_id_cache = (key, sorted(index.items[lo:], key=attrgetter("id")))
+        return self._by_id_cache[1]
 
     def _list_guide(self, request: Request) -> Response:
         now = self._now()

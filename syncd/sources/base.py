@@ -11,7 +11,7 @@ are the caller's business), its :class:`~syncd.config.SourceConfig` and a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -104,12 +104,40 @@ class Source(Protocol):
         ...
 
     def window_pages(
-        self, since: datetime, until: datetime, position: Cursor, now: datetime
+        self,
+        since: datetime,
+        until: datetime,
+        position: Cursor,
+        now: datetime,
+        *,
+        end_total: int | None = None,
     ) -> Iterator[Page]:
         """Yield the pages of ``[since, until)``; each ``Page.cursor`` is the position.
 
         ``position`` is one a page of this window carried (resume) or empty.
-        The last page's position is ``{"done": True}``.
+        The last page's position is ``{"done": True}`` when the read is
+        complete, whatever order the vendor lists in (it stops early only
+        when what it read accounts for the vendor's count of the window), or
+        ``{"held": ..., "systems": [...]}`` when the vendor cannot vouch for
+        the window yet (IntServ's ``least_sync_time``). Only rows inside the
+        window are yielded. ``end_total``: the vendor's count since ``until``
+        when the caller just asked for it (:meth:`window_totals`).
+        """
+        ...
+
+    def window_totals(self, bounds: Iterable[datetime]) -> dict[datetime, int | None]:
+        """The vendor's count of its listed events since each bound (None: no counts).
+
+        Asked newest bound first, so a span's count from two of them can only
+        run high (an extra read), never low.
+        """
+        ...
+
+    def next_pass_since(self, cursor: Cursor, now: datetime) -> datetime:
+        """Where the next live pass begins reading, given the live ``cursor``.
+
+        What is older is found only by reconciliation (a *late upload*); what
+        is newer the next pass reads anyway (*new since the last pass*).
         """
         ...
 

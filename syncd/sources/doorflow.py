@@ -569,21 +569,109 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
 
 
 def past_window(records: list[EventRecord], until: datetime | None) -> bool:
-    """A window read may stop once a whole ascending page lies at or past ``until``.
+    """Whether a whole ascending page lies at or past ``until``: the read went past the window.
 
-    Read oldest first, everything after such a page is later still. The page
-    must itself show the ascending order (the times of its events rise from
-    first to last): a server that ignores ``sort=ASC`` serves the newest rows
-    first, and those lie past the window too. One page of evidence, rather
-    than one row, keeps a slightly disordered listing (a late upload at a
-    page edge) from ending the window early. Rejected records on the page are
-    stored with it, whatever their time, so they need no say.
+    No longer a reason to stop (a list ordered by id serves a late upload
+    after later days; see :func:`accounted`), but the sign that the count
+    past the window's end is worth asking again (:func:`reprobe_due`). The
+    page must itself show the ascending order (the times of its events rise
+    from first to last): a server that ignores ``sort=ASC`` serves the newest
+    rows first, and those lie past the window too. Rejected records on the
+    page need no say.
     """
     if until is None or len(records) < 2:
         return False
     times = [r.occurred_at for r in records]
     ascending = times[0] < times[-1] and all(a <= b for a, b in itertools.pairwise(times))
     return ascending and times[0] >= until
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a window read has accounted for: distinct rows of the window read so far.
+
+    ``recent`` holds the keys of the last page's rows: page-number paging over
+    a list that shifted (an insertion before the read position) serves the
+    rows at a page edge twice, and a duplicate counted twice could make the
+    read look complete one row early.
+    """
+
+    seen: int = 0
+    recent: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seen": self.seen, "recent": sorted(self.recent)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tally:
+        return cls(int(data.get("seen", 0)), frozenset(map(str, data.get("recent", ()))))
+
+
+def in_window(
+    tally: Tally,
+    records: list[EventRecord],
+    rejected: list[RejectedRecord],
+    since: datetime,
+    until: datetime,
+) -> tuple[Tally, list[EventRecord], list[RejectedRecord]]:
+    """A page's rows inside ``[since, until)``, and the tally after them.
+
+    Rows outside the window belong to other windows (or to the live pass) and
+    are left to them, so what a window read stores and counts is the window.
+    A reject without a readable time counts where the listing placed it
+    (:func:`syncd.records.place`); one that could not be placed is kept (stored)
+    but accounts for nothing.
+    """
+    inside = [r for r in records if since <= r.occurred_at < until]
+    kept = [r for r in rejected if r.counted_at is None or since <= r.counted_at < until]
+    counting = [r.event_key for r in inside] + [
+        r.event_key for r in kept if r.counted_at is not None
+    ]
+    seen = tally.seen
+    keys: set[str] = set()
+    for key in counting:
+        if key is not None and (key in keys or key in tally.recent):
+            continue  # served twice: one vendor row
+        if key is not None:
+            keys.add(key)
+        seen += 1
+    return Tally(seen, frozenset(keys)), inside, kept
+
+
+def window_count(shape: str, total: int | None, end_total: int | None) -> int | None:
+    """The vendor's count of the window, from a listing page and the count past its end.
+
+    The guide's list honours ``until_utc``, so its ``total_count`` is the
+    window's; the reference list has no ``until``: its ``Total`` counts
+    everything since the window's start, and the count since its end
+    (``end_total``, asked *before* the page) is taken off. Asked in that
+    order, an event arriving in between can only make the window look larger
+    (more reading), never complete early. None: no count to go by.
+    """
+    if total is None:
+        return None
+    if shape == "object":
+        return total
+    if end_total is None:
+        return None
+    return max(0, total - end_total)
+
+
+def accounted(tally: Tally, vendor: int | None) -> bool:
+    """A window read may stop early only when what it read accounts for the vendor's count."""
+    return vendor is not None and tally.seen >= vendor
+
+
+def reprobe_due(pages_past: int) -> bool:
+    """Ask the count past the window's end again after 1, 2, 4, 8 ... pages past it.
+
+    A count asked a while ago runs low by the events that arrived since at the
+    head of the list, so the window looks larger than it is and is never
+    accounted for; a fresh count ends the read. Doubling keeps those requests
+    a logarithm of the pages read past the end (an id-ordered list whose late
+    upload comes last is read to the end, as it must be).
+    """
+    return pages_past > 0 and pages_past & (pages_past - 1) == 0
 
 
 def _revealed(secret: Secret | None) -> str | None:
@@ -714,6 +802,20 @@ class DoorFlowSource:
         """The vendor's count of events created at or after ``since`` (one tiny request)."""
         return self._list(since, page=1, size=1, sort="DESC").total
 
+    def next_pass_since(self, cursor: Cursor, now: datetime) -> datetime:
+        """The live pass's next ``since``: ``watermark - lookback`` (or where it began)."""
+        start = self.config.start or (now - DEFAULT_FIRST_PASS)
+        state = DoorFlowCursor.from_json(cursor, start)
+        return regular_since(state, timedelta(seconds=self.config.lookback))
+
+    def window_totals(self, bounds: Iterable[datetime]) -> dict[datetime, int | None]:
+        """``count_since`` of each bound, asked newest first.
+
+        Asked in that order the count of any span between two bounds
+        (``totals[start] - totals[end]``) can only run high, never low.
+        """
+        return {bound: self.count_since(bound) for bound in sorted(set(bounds), reverse=True)}
+
     def vendor_count(self, since: datetime, until: datetime) -> int | None:
         """The vendor's count of events with ``since <= created_at < until``.
 
@@ -767,32 +869,57 @@ class DoorFlowSource:
         for index, listing in enumerate(listings):
             then = listings[index + 1] if index + 1 < len(listings) else None
             state = replace(state, current=listing)
-            for records, rejected, current, done in self._read(listing, now):
+            for records, rejected, current, done, _ in self._read(listing, now):
                 watermark = advance_watermark(state.watermark, records, now)
                 state = replace(state, watermark=watermark, current=then if done else current)
                 yield Page(records, rejected, state.to_json())
 
     def window_pages(
-        self, since: datetime, until: datetime, position: Cursor, now: datetime
+        self,
+        since: datetime,
+        until: datetime,
+        position: Cursor,
+        now: datetime,
+        *,
+        end_total: int | None = None,
     ) -> Iterator[Page]:
         """Read ``[since, until)`` once, oldest first; ``Page.cursor`` is the position in it.
 
         ``position`` is a cursor this method yielded earlier (resume), or empty.
-        The live cursor is never read nor moved. Rows outside the window that
-        the server serves anyway are real events and are stored too.
+        ``end_total`` is :meth:`count_since` of ``until`` when the caller just
+        asked it (else it is asked here, first). The read stops early only when
+        what it read accounts for the vendor's count of the window
+        (:func:`accounted`): a list ordered by id serves a late upload (old
+        ``created_at``, new id) after later days, and a read that stopped at
+        the first page past ``until`` would miss it. Otherwise it reads on to
+        the end of the listing. Only rows inside the window are yielded. The
+        live cursor is never read nor moved.
         """
         listing = (
             PassState.from_json(position["pass"])
             if position.get("pass")
             else PassState(since, until=until)
         )
-        for records, rejected, current, done in self._read(listing, now):
-            yield Page(records, rejected, {"done": True} if done else {"pass": current.to_json()})
+        tally = Tally.from_json(position)
+        if end_total is None:
+            end_total = self.count_since(until)
+        past = 0
+        for served, served_rejects, current, ended, response in self._read(listing, now):
+            beyond = past_window(served, until)
+            tally, records, rejected = in_window(tally, served, served_rejects, since, until)
+            vendor = window_count(response.shape, response.total, end_total)
+            if ended or accounted(tally, vendor):
+                yield Page(records, rejected, {"done": True})
+                return
+            yield Page(records, rejected, {"pass": current.to_json(), **tally.to_json()})
+            past = past + 1 if beyond else past
+            if reprobe_due(past) and beyond:
+                end_total = self.count_since(until)
 
     def _read(
         self, listing: PassState, now: datetime
-    ) -> Iterator[tuple[list[EventRecord], list[RejectedRecord], PassState, bool]]:
-        """One listing page by page: (records, rejected, state after the page, done)."""
+    ) -> Iterator[tuple[list[EventRecord], list[RejectedRecord], PassState, bool, ListResponse]]:
+        """One listing page by page: (records, rejected, state after it, ended, response)."""
         size = self.config.page_size
         current = listing
         restarts = 0
@@ -815,9 +942,8 @@ class DoorFlowSource:
             records, rejected = normalize_page(
                 response.items, self.context.codes, screened=response.screened
             )
-            done = move.done or past_window(records, current.until)
-            yield records, rejected, current, done
-            if done:
+            yield records, rejected, current, move.done, response
+            if move.done:
                 return
 
 

@@ -77,9 +77,10 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``, IntServ section):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -583,6 +584,30 @@ def read_list_response(body: Any, *, screened: bool = False) -> ListResponse:
     return ListResponse(body["events"], reported, has_more, key if has_more else None, screened)
 
 
+PRESENT_LAG = timedelta(minutes=2)
+"""How far an online system's ``least_sync_time`` may trail ``now`` (it lags a second or so)."""
+
+
+def vouched(horizon: datetime, until: datetime, now: datetime) -> bool:
+    """Whether ``least_sync_time`` (``horizon``) vouches for everything before ``until``.
+
+    A window that ends in the last :data:`PRESENT_LAG` before ``now`` asks
+    only that much: an online system's ``least_sync_time`` trails the present
+    by a second or so, and what it then uploads is the live pass's to read.
+    An offline system's ``least_sync_time`` stays where it went offline.
+    """
+    return horizon >= min(until, now - PRESENT_LAG)
+
+
+def _post(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+    return client.post(EVENTS_PATH, json=body)
+
+
+def held_position(horizon: datetime, holders: list[str]) -> dict[str, Any]:
+    """A window read to its end that ``least_sync_time`` does not vouch for yet."""
+    return {"held": canonical_time(horizon), "systems": holders}
+
+
 # -- the connector ---------------------------------------------------------------
 
 
@@ -687,14 +712,35 @@ class IntServSource:
             log.info("pass_resumed_then_fresh", source=self.config.name)
             yield from self._pass(last, now)
 
+    def next_pass_since(self, cursor: Cursor, now: datetime) -> datetime:
+        """The committed ``least_sync_time``: where the next live pass begins."""
+        start = self.config.start or (now - DEFAULT_FIRST_PASS)
+        return IntServCursor.from_json(cursor, start).least_sync_time
+
+    def window_totals(self, bounds: Iterable[datetime]) -> dict[datetime, int | None]:
+        """IntServ has no counts."""
+        return dict.fromkeys(bounds)
+
     def window_pages(
-        self, since: datetime, until: datetime, position: Cursor, now: datetime
+        self,
+        since: datetime,
+        until: datetime,
+        position: Cursor,
+        now: datetime,
+        *,
+        end_total: int | None = None,
     ) -> Iterator[Page]:
         """Read ``[since, until)`` once (``from_date``/``to_date``); resumable by key.
 
         ``Page.cursor`` is the position in the window; the live cursor and its
         ``least_sync_time`` are never read nor moved. A rejected key restarts
-        the window from ``since`` (bounded, like a pass).
+        the window from ``since`` (bounded, like a pass). The read is complete
+        (``{"done": True}``) only when the smallest ``least_sync_time`` the
+        vendor reported during it is at or past ``until``: before that, a
+        system that is offline may still upload into the window. Then the last
+        page's position is ``{"held": ..., "systems": [...]}`` (the systems
+        holding it back, when they can be named), the window is not finished
+        and a later read loads what the system uploaded meanwhile.
         """
         scope = self.scope()
         stored = position.get("pass") if position else None
@@ -704,6 +750,7 @@ class IntServSource:
             else PassState(from_date=since, scope=scope, to_date=until)
         )
         restarts = 0
+        systems: set[str] = set()
         while True:
             try:
                 response = self._list(current)
@@ -716,13 +763,49 @@ class IntServSource:
             records, rejected = normalize_page(
                 response.events, self.context.codes, screened=response.screened
             )
+            # from_date goes out rounded down to the second: keep the window's rows only.
+            records = [r for r in records if since <= r.occurred_at < until]
+            rejected = [
+                r for r in rejected if r.counted_at is None or since <= r.counted_at < until
+            ]
+            systems.update(r.system_id for r in records if r.system_id)
+            reported = response.least_sync_time or current.from_date
+            horizon = reported if current.horizon is None else min(current.horizon, reported)
             if not response.has_more:
-                yield Page(records, rejected, {"done": True})
+                if vouched(horizon, until, now):
+                    yield Page(records, rejected, {"done": True})
+                else:
+                    holders = self.holding_back(since, until, sorted(systems), now)
+                    yield Page(records, rejected, held_position(horizon, holders))
                 return
             if response.continuation_key == current.continuation_key:
                 raise SourceError("IntServ answered with the continuation_key it was sent")
-            current = replace(current, continuation_key=response.continuation_key)
+            current = replace(current, continuation_key=response.continuation_key, horizon=horizon)
             yield Page(records, rejected, {"pass": current.to_json()})
+
+    def holding_back(
+        self, since: datetime, until: datetime, seen: list[str], now: datetime
+    ) -> list[str]:
+        """The systems whose ``least_sync_time`` is before ``until`` (one small request each).
+
+        The candidates are the configured ``systems``, else those seen in the
+        window; a system with no event there yet is named only when configured.
+        """
+        holders = []
+        for system in self.config.systems or seen:
+            probe = PassState(from_date=since, scope=self.scope(), to_date=until)
+            body = {**self.request_body(probe), "systems": [system], "limit": 1}
+            _, page = send(
+                self.client,
+                partial(_post, body=body),
+                policy=self.policy,
+                source=self.config.name,
+                parse=parse_page,
+            )
+            reported = read_list_response(page.body).least_sync_time
+            if reported is None or not vouched(reported, until, now):
+                holders.append(system)
+        return holders
 
     def _pass(self, cursor: Cursor, now: datetime) -> Iterator[Page]:
         start = self.config.start or (now - DEFAULT_FIRST_PASS)

@@ -15,7 +15,6 @@ from syncd.bi import local_days, sync_sources, zone_digest
 from syncd.config import SourceConfig
 from syncd.db import migrate
 from syncd.db.schema import UTCDateTime
-from syncd.db.store import Store
 from syncd.records import EventRecord
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -118,8 +117,20 @@ def test_0008_converts_the_per_source_calendar_and_back(before_0008: sa.Engine) 
             )  # fmt: skip
     # 23:30 UTC on Jan 14th: the 15th in Stockholm, the 14th in UTC
     late = datetime(2026, 1, 14, 23, 30, tzinfo=UTC)
-    for name in old:
-        Store(engine).write_page(name, [_event(f"{name}-1", late)], [], {}, NOW)
+    # Plain SQL: the store writes today's columns, which this older schema lacks.
+    with engine.begin() as conn:
+        for name in old:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (source, event_key, vendor, occurred_at, event_code, "
+                    "category, label, payload, first_seen_at, last_seen_at) VALUES (:s, :k, "
+                    "'doorflow', :at, 10, 'access_granted', 'Admitted', '{}', :now, :now)"
+                ).bindparams(
+                    sa.bindparam("at", type_=UTCDateTime()),
+                    sa.bindparam("now", type_=UTCDateTime()),
+                ),
+                {"s": name, "k": f"{name}-1", "at": late, "now": NOW},
+            )
 
     migrate.upgrade(engine, "0008")
     tables = set(sa.inspect(engine).get_table_names())
