@@ -342,7 +342,10 @@ class PassScheduler:
         if result.ok and not result.skipped:
             if result.written.inserted or not slot.newest_known:
                 self._update_newest(slot)
-        elif not result.ok and not self.stopping.is_set():
+        elif not result.ok and not self.stopping.is_set() and not slot.cancelled:
+            # A pass cut by max_pass_duration kept what it committed and is
+            # counted as failed, but the next starts on schedule: a backoff
+            # would only slow a long catch-up down (issue 20).
             self._back_off(slot, result.retry_after)
         if self.on_result is not None:
             self.on_result(result)

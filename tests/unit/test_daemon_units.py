@@ -358,3 +358,22 @@ def test_requests_cheroot_cannot_parse_get_a_4xx_never_a_5xx(request_line: bytes
         sock.shutdown(socket.SHUT_WR)
         received = sock.recv(65536)
     assert received.startswith(b"HTTP/1.1 400 Bad Request"), received
+
+
+def test_a_pass_cut_by_max_pass_duration_is_followed_on_schedule(sqlite_engine: Any) -> None:
+    """Counted as failed, but no backoff: the next pass comes at the interval."""
+    config = SourceConfig(
+        name="hq", kind="doorflow", base_url="http://doorflow.test", token=Secret("t0ken"),
+        interval=60,
+    )  # fmt: skip
+    scheduler = PassScheduler(Store(sqlite_engine), [config], workers=1, metrics=Metrics())
+    backed_off: list[str] = []
+    scheduler._back_off = lambda slot, _after: backed_off.append(slot.config.name)  # type: ignore[method-assign]
+    slot = scheduler._slots["hq"]
+    slot.cancelled = True
+    scheduler._finish(slot, PassResult("hq", ok=True, kind="doorflow", stopped=True))
+    assert slot.failures == 1
+    assert backed_off == []
+    slot.cancelled = False
+    scheduler._finish(slot, PassResult("hq", ok=False, error="HTTP 503", kind="doorflow"))
+    assert backed_off == ["hq"]  # a real failure still backs off
