@@ -14,8 +14,9 @@ How a pass works, and why (``shared/vendor-docs/FACTS.md``):
   on-time events (newer than the watermark) or late ones, which the next pass
   reads from ``watermark - lookback`` or finds by reconciliation. The pass
   keeps the number of list positions it has consumed (``offset``) in the
-  cursor after every page, so a crash resumes at the same page; if the
-  server answers in another shape under it (a flavor switch), the listing
+  cursor after every page, so a crash resumes at the same position (page 1
+  is read again first, to learn how the server pages now: :func:`next_page`);
+  if the server answers in another shape under it (a flavor switch), the listing
   restarts at offset 0 rather than risk a skip (at most :data:`MAX_RESTARTS`
   times in one run).
 - Every *listable* event code is asked for explicitly: without
@@ -359,7 +360,9 @@ class PassState:
     ``until`` bounds a window read (backfill, reconciliation); a live pass has
     none. ``per_page`` is the server's page size as last seen, ``stated`` whether
     the server said so (header or ``pagination``) or it was inferred from the
-    rows served.
+    rows served. ``measured``: this run has read page 1 of the listing, so
+    ``per_page`` describes the server as it pages *now*; it is never saved, so
+    a listing resumed from the cursor measures again (:func:`next_page`).
     """
 
     since: datetime
@@ -368,6 +371,7 @@ class PassState:
     stated: bool = False
     shape: str | None = None  # "array" / "object", once seen
     until: datetime | None = None
+    measured: bool = False  # not in to_json(): see next_page()
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -451,6 +455,26 @@ def page_number(state: PassState, requested: int) -> int:
     """The 1-based page holding position ``offset`` (rounding down: re-read, never skip)."""
     size = state.per_page or requested
     return state.offset // size + 1
+
+
+def next_page(state: PassState, requested: int) -> int:
+    """The page to fetch next: page 1 until this run has measured the page size.
+
+    A page number is only as good as the page size it was computed with, and
+    a size saved by an earlier run (a listing resumed after a crash) may no
+    longer be the server's: the server may page differently now (another
+    ``page_size`` asked, another cap, a size it does not state). Page ``p``
+    asked for with a size that is too small starts past ``offset`` on the
+    server; when nothing is left there the page comes back empty, which
+    :func:`step` must take as the end of the list, and every row between
+    ``offset`` and that page's start is skipped, although it was listed when
+    the interrupted pass began (DESIGN.md "Pass semantics"). Page 1 starts at
+    position 0 whatever the size, so reading it first costs one request per
+    resume, re-reads only rows already stored, and gives :func:`step` the size
+    to number the remaining pages with. A fresh listing starts at page 1
+    anyway, so a pass that is not resumed pays nothing for this.
+    """
+    return page_number(state, requested) if state.measured else 1
 
 
 def advance_watermark(
@@ -537,7 +561,8 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
     """Advance a listing over one fetched page (pure: the paging rules in one place).
 
     - Positions are list offsets, computed from what the server served, never
-      from what was asked for.
+      from what was asked for. Page 1 measures the page size for the rest of
+      the run (``measured``); :func:`next_page` asks for no other page before.
     - The listing ends on an empty page, or on a short one when the server
       stated its page size. ``Total`` is a hint for progress, never a reason
       to stop: a server whose total runs low would otherwise end the pass early.
@@ -563,7 +588,14 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
             replace(state, per_page=size, stated=stated, shape=response.shape), False, refetch=True
         )
     offset = max(state.offset, start + count)
-    new = replace(state, offset=offset, per_page=size, stated=stated, shape=response.shape)
+    new = replace(
+        state,
+        offset=offset,
+        per_page=size,
+        stated=stated,
+        shape=response.shape,
+        measured=state.measured or page_no == 1,
+    )
     done = count == 0 or (stated and count < size)
     return PageStep(new, done=done)
 
@@ -924,7 +956,7 @@ class DoorFlowSource:
         current = listing
         restarts = 0
         while True:
-            page_no = page_number(current, size)
+            page_no = next_page(current, size)
             response = self._list(current.since, page_no, size, until=current.until)
             move = step(current, page_no, size, response)
             if move.restarted:

@@ -32,6 +32,7 @@ from syncd.sources.doorflow import (
     advance_watermark,
     from_api,
     listings_for_pass,
+    next_page,
     page_number,
     past_window,
     regular_since,
@@ -204,6 +205,31 @@ def test_a_short_page_without_a_stated_size_is_confirmed_by_an_empty_one() -> No
     assert not move.done
     assert page_number(move.state, 10) == 2
     assert step(move.state, 2, 10, ListResponse([], "array", None, None)).done
+
+
+def test_a_resumed_listing_measures_the_page_size_on_page_1_before_numbering_pages() -> None:
+    # Interrupted after one row, read in pages of 1 (a size the server did not
+    # state); the server now pages by 6. "Page 2 of 1" is the server's rows
+    # 6-11: empty on a 5-row list, which ends the listing with rows 1-4 unread.
+    saved = PassState(T0, offset=1, per_page=1, stated=False, shape="array")
+    resumed = PassState.from_json(saved.to_json())
+    assert page_number(resumed, 1) == 2  # the saved size's page ...
+    assert next_page(resumed, 1) == 1  # ... is not asked for before the size is measured
+    move = step(resumed, 1, 1, ListResponse([{}] * 5, "array", None, None))
+    assert (move.state.offset, move.state.per_page, move.state.measured) == (5, 5, True)
+    assert not move.done
+    # From here the page numbers are the server's.
+    assert next_page(move.state, 1) == 2
+    assert step(move.state, 2, 1, ListResponse([], "array", None, None)).done
+    # The measurement is never saved: a listing resumed again measures again.
+    assert not PassState.from_json(move.state.to_json()).measured
+
+
+def test_a_fresh_listing_pays_nothing_for_the_measurement() -> None:
+    assert next_page(PassState(T0), 10) == 1
+    move = step(PassState(T0), 1, 10, ListResponse([{}] * 10, "array", None, None))
+    assert move.state.measured
+    assert next_page(move.state, 10) == page_number(move.state, 10) == 2
 
 
 def test_a_resumed_pass_finishes_its_listing_then_reads_the_head_again() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from syncd.config import Secret, SourceConfig
@@ -177,12 +177,45 @@ def histories(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+QUIET: dict[str, Any] = {
+    "on_time": 0,
+    "late": 0,
+    "very_late": 0,
+    "ties": 0,
+    "renames": 0,
+    "malformed": 0,
+    "during_pass": 0,
+    "switch_mid_pass": False,
+    "crash_after": None,
+    "shape": "array",
+    "max_per_page": 3,
+    "state_size": False,
+    "fixed_page_size": None,
+    "total_bias": 0,
+}
+
+
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(history=histories())
+@example(
+    # Found by Hypothesis: a crash interrupts a newest-first listing whose
+    # unread tail holds a reject; the resumed pass, served bigger pages
+    # than asked, must still read that tail.
+    history={
+        "rounds": [
+            QUIET,
+            QUIET,
+            {**QUIET, "malformed": 2, "during_pass": 1, "crash_after": 1},
+            {**QUIET, "fixed_page_size": 6},
+        ],
+        "page_size": 1,
+        "reference_sorts": False,
+    }
+)
 def test_every_exit_0_pass_holds_what_was_listed_when_it_began(
     db: Store, history: dict[str, Any]
 ) -> None:
@@ -283,6 +316,26 @@ def test_a_resumed_newest_first_pass_reads_what_arrived_at_the_head(db: Store) -
     assert result.ok
     assert missing_from(store, listed) == []
     assert set(head) <= set(stored(store))
+
+
+def test_a_resumed_pass_whose_server_now_pages_bigger_unstated_skips_nothing(db: Store) -> None:
+    # Newest first, one row a page (stated), killed after the first page: the
+    # watermark is the newest event, so the older rows are the interrupted
+    # listing's alone (beyond the lookback). The server then pages by 6
+    # without saying so: "page 2 of 1" would be its rows 6-11.
+    store = empty(db)
+    fake = FakeDoorFlow(honour_sort=False)
+    for hour in range(20):
+        fake.add(T0 + timedelta(hours=hour))
+    now = T0 + timedelta(days=1)
+    config = replace(CONFIG, page_size=1)
+    sync(store, fake, now, config, crash_after=1)
+    listed = {e["id"]: dict(e) for e in fake.listed(T0)}
+    fake.fixed_page_size, fake.state_size = 6, False
+    result = sync(store, fake, now + timedelta(minutes=5), config)
+    assert result is not None
+    assert result.ok
+    assert missing_from(store, listed) == []
 
 
 def test_a_pass_asks_for_every_listable_code_oldest_first_with_both_parameter_families(
