@@ -339,6 +339,11 @@ def test_two_replicas_three_sources_loops_pause_and_a_slow_vendor(
     outputs: list[str | bytes] = [b"".join(d.lines) for d in daemons]
     runs = [*syncs.runs, *backfills.runs, *commands, final, again]
     outputs += [text for *_, text in runs]
+    logs = tmp_path / "logs"  # kept for a post-mortem (pytest keeps the last few tmp dirs)
+    logs.mkdir()
+    for n, output in enumerate(outputs):
+        blob = output if isinstance(output, bytes) else output.encode()
+        (logs / f"{n:04d}.log").write_bytes(blob)
     failed_passes = [
         e
         for d in daemons
