@@ -325,19 +325,29 @@ class SharedOAuth(httpx.Auth):
         self._rotated_from: str | None = None
         self._lock = threading.Lock()
         self.refreshes = 0
+        # How long a request has been taking (decaying maximum, seconds): the
+        # vendor checks the token when the request arrives, so a token must
+        # outlive the request, not only be valid when it is sent.
+        self._in_flight_s = 0.0
 
     def _fresh(self, grant: OAuthGrant) -> bool:
         return (
             grant.access_token is not None
             and grant.access_until is not None
-            and self._clock() < grant.access_until
+            and self._clock() + self._in_flight_s < grant.access_until
         )
+
+    def _took(self, seconds: float) -> None:
+        # Halved by each quicker request: a vendor that recovers is trusted again soon.
+        self._in_flight_s = max(seconds, self._in_flight_s / 2)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         with self._lock:
             token = yield from self._current_token()
         request.headers["Authorization"] = f"Bearer {token}"
+        sent = self._clock()
         response = yield request
+        self._took(self._clock() - sent)
         if response.status_code != 401:
             return
         # Revoked early, or another process refreshed and the vendor dropped

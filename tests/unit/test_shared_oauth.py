@@ -274,3 +274,44 @@ def test_a_5xx_from_the_token_endpoint_is_transient(store: Store) -> None:
         pytest.raises(ServerError),
     ):
         get(client)
+
+
+class SlowTokenServer(TokenServer):
+    """Every data request takes ``latency`` (on the injected clock) before the
+    vendor checks its access token; access tokens expire 100 s after issue."""
+
+    def __init__(self, clock: Clock, latency: float) -> None:
+        super().__init__()
+        self.clock, self.latency = clock, latency
+        self.expires: dict[str, float] = {}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            response = super().handler(request)
+            if response.status_code == 200:
+                self.expires[f"a{self.n}"] = self.clock.now + 100
+            return response
+        self.clock.now += self.latency  # the request arrives
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        self.data_requests.append(token)
+        if self.clock.now >= self.expires.get(token, 0.0):
+            return httpx.Response(401, json={"error": "invalid_token"})
+        return httpx.Response(200, json=[])
+
+
+def test_a_token_must_outlive_the_request_not_only_be_valid_when_sent(store: Store) -> None:
+    """A slow vendor (60 s a request, tokens living 100 s): a process does not send
+    a token that will have expired when its request arrives, although it is
+    valid now. Without that, A sends its own a1 at t=85 (valid until 90 by its
+    margin), gets a 401 at 145, takes B's a2 from the store (valid until 185 by
+    its margin, 195 at the vendor) and gets a second 401 at 205: the pass fails."""
+    clock = Clock()
+    clock.now = 0.0
+    server = SlowTokenServer(clock, latency=60)
+    (a, _auth_a), (b, _auth_b) = process(store, server, clock), process(store, server, clock)
+    assert get(a) == 200  # a1 issued at 0; A learns a request takes 60 s
+    clock.now = 95
+    assert get(b) == 200  # a1 stale for B: a2 issued at 95 (expires 195)
+    clock.now = 85
+    assert get(a) == 200  # a1 would arrive at 145, expired: A sends a2
+    assert server.invalid_grant == 0
