@@ -32,7 +32,7 @@ from tests.conftest import empty_tables
 # Columns the restricted role may still update while the token columns are refused.
 _OTHER_COLUMNS = (
     "cursor, last_success_at, last_error, last_error_at, consecutive_failures, "
-    "updated_at, reconciled_at"
+    "updated_at, reconciled_at, pass_started_at, paused_at, paused_reason, paused_by"
 )
 
 Switch = Callable[[bool], None]
