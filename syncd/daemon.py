@@ -180,7 +180,10 @@ class Daemon:
         # the vendor's 200.
         try:
             self._gate.submit(self._fetch_unless_paused, source, answer)
-        except RuntimeError:  # stopping: the next poll (of the next start) catches up
+        except RuntimeError:
+            # Stopping: never fetched, so never acknowledged. The vendor
+            # redelivers it (the only way back for webhook-only codes 50-63);
+            # a listable event is also read by the next poll.
             log.info("webhook_not_fetched", source=source, reason="stopping")
 
     def _fetch_unless_paused(self, source: str, answer: Answer) -> None:
