@@ -538,6 +538,9 @@ class PageStep:
     done: bool
     restarted: bool = False
     refetch: bool = False
+    consumed: int = 0
+    """Rows at the head of the page that the listing had consumed already (a page
+    re-read from before the offset: page 1 of a resumed listing): not served again."""
 
 
 def served_page_size(state: PassState, requested: int, response: ListResponse) -> tuple[int, bool]:
@@ -588,6 +591,7 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
             replace(state, per_page=size, stated=stated, shape=response.shape), False, refetch=True
         )
     offset = max(state.offset, start + count)
+    consumed = min(count, max(0, state.offset - start))
     new = replace(
         state,
         offset=offset,
@@ -597,7 +601,7 @@ def step(state: PassState, page_no: int, requested: int, response: ListResponse)
         measured=state.measured or page_no == 1,
     )
     done = count == 0 or (stated and count < size)
-    return PageStep(new, done=done)
+    return PageStep(new, done=done, consumed=consumed)
 
 
 def past_window(records: list[EventRecord], until: datetime | None) -> bool:
@@ -971,8 +975,10 @@ class DoorFlowSource:
             current = move.state
             if move.refetch or move.restarted:
                 continue
+            # Rows read before (a resumed listing's page 1) are not served again:
+            # a window read would count them twice and stop short of its count.
             records, rejected = normalize_page(
-                response.items, self.context.codes, screened=response.screened
+                response.items[move.consumed :], self.context.codes, screened=response.screened
             )
             yield records, rejected, current, move.done, response
             if move.done:

@@ -225,6 +225,17 @@ def test_a_resumed_listing_measures_the_page_size_on_page_1_before_numbering_pag
     assert not PassState.from_json(move.state.to_json()).measured
 
 
+def test_the_rows_a_resumed_listing_read_before_are_not_served_again() -> None:
+    """Page 1 of a resumed listing re-reads consumed rows: only those past the offset
+    count (a window read that counted them twice stopped short of its window's count)."""
+    resumed = PassState(T0, offset=4, per_page=2, stated=True, shape="array")
+    move = step(resumed, next_page(resumed, 2), 2, ListResponse([{}] * 6, "array", None, 6))
+    assert move.consumed == 4  # rows 1-4 were read before the crash
+    assert move.state.offset == 6
+    fresh = step(PassState(T0), 1, 6, ListResponse([{}] * 6, "array", None, 6))
+    assert fresh.consumed == 0
+
+
 def test_a_fresh_listing_pays_nothing_for_the_measurement() -> None:
     assert next_page(PassState(T0), 10) == 1
     move = step(PassState(T0), 1, 10, ListResponse([{}] * 10, "array", None, None))
