@@ -369,11 +369,17 @@ def describe_transport_error(exc: httpx.TransportError) -> str:  # noqa: PLR0911
             f"refused: nothing accepts connections on {host}: check the port in base_url "
             "and that the vendor (or your proxy) is up"
         )
-    if isinstance(exc, httpx.TimeoutException):
-        phase = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+    if isinstance(exc, httpx.ConnectTimeout):
         return (
-            f"timeout: {phase} {origin} took longer than the timeout: check the host and port "
-            "in base_url, firewalls and proxies (or raise timeout)"
+            f"timeout: connecting to {origin} took longer than the timeout: check the host "
+            "and port in base_url, firewalls and proxies (or raise timeout)"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        # Connected, but the answer did not arrive whole in time (timeout bounds
+        # the whole request): a stalled or trickling vendor, not an address problem.
+        return (
+            f"timeout: {origin} did not send its whole answer within the timeout: the vendor "
+            "is stalled or slow (raise timeout only if it is merely slow)"
         )
     tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
     if tls is not None:
