@@ -16,17 +16,22 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc's arenas are a Linux matter"
 )
 
-# Threads that each allocate: glibc gives every new thread an arena of its
-# own until its limit; malloc_stats() prints one "Arena N:" block per arena.
+# Threads that each allocate while all are alive: glibc gives every new thread
+# an arena of its own until its limit (an exited thread's arena is reused, so a
+# quiet machine that ran them one after another showed 2 arenas without the
+# limit too); malloc_stats() prints one "Arena N:" block per arena.
 PROGRAM = textwrap.dedent(
     """
     import ctypes, sys, threading
     from syncd.memory import limit_malloc_arenas
     print(limit_malloc_arenas() if sys.argv[1] == "limit" else None, flush=True)
     held = []
+    together = threading.Barrier(24)
     def work():
+        together.wait()  # all alive at once: an exited thread's arena is reused
         held.append(bytearray(256 * 1024))
         held.append(bytearray(4096))
+        together.wait()
     threads = [threading.Thread(target=work) for _ in range(24)]
     for t in threads: t.start()
     for t in threads: t.join()
