@@ -111,7 +111,11 @@ def hourly_query(dialect: str, since: datetime, until: datetime) -> sa.Select[An
     hour = _hour_number(dialect).label("hour")
     return (
         sa.select(events.c.source, hour, sa.func.count())
-        .where(events.c.occurred_at >= since, events.c.occurred_at < until)
+        .where(
+            events.c.occurred_at >= since,
+            events.c.occurred_at < until,
+            events.c.deleted_at.is_(None),  # deleted at the vendor: not counted (DESIGN.md)
+        )
         .group_by(events.c.source, hour)
     )
 
@@ -148,9 +152,9 @@ def load_overview(
         totals = {
             source: (int(count), _aggregate_time(newest))
             for source, count, newest in conn.execute(
-                sa.select(
-                    events.c.source, sa.func.count(), sa.func.max(events.c.occurred_at)
-                ).group_by(events.c.source)
+                sa.select(events.c.source, sa.func.count(), sa.func.max(events.c.occurred_at))
+                .where(events.c.deleted_at.is_(None))
+                .group_by(events.c.source)
             )
         }
         rejected = {

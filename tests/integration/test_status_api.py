@@ -277,3 +277,13 @@ def test_a_thousand_sources_within_a_second(pg_engine: sa.Engine) -> None:
         print("\n1,000 sources (busy machine):", ", ".join(f"{p} {t:.3f}s" for p, t in timings))
         for path, seconds in timings:
             assert seconds < 1.0, (path, seconds)
+
+
+def test_events_the_vendor_deleted_are_not_counted(store: Store) -> None:
+    """Like `syncd status` and the BI views: a row with deleted_at set is not an event."""
+    _seed(store)
+    store.mark_deleted("hq", ["3"], NOW)  # in the current hour
+    overview = load_overview(store.engine, NOW, {"hq": "doorflow"})
+    hq = next(s for s in overview.sources if s.source == "hq")
+    assert hq.events == 4
+    assert hq.events_last_24h[-1] == 1
